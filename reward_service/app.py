@@ -1,0 +1,74 @@
+"""The FastAPI application: wiring of settings, scorers, middleware, error mapping and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from reward_service import __version__
+from reward_service.errors import ServiceError
+from reward_service.metrics import ServiceMetrics
+from reward_service.routes import router
+from reward_service.scorers import build_registry
+from reward_service.security import BearerAuth, BodySizeLimit
+from reward_service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+async def _service_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's default echoes the offending input back; with 20k-character texts that is noise,
+    # so keep only where the problem is and what it is.
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or ServiceSettings()
+    metrics = ServiceMetrics()
+    registry = build_registry(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Load in the background so /healthz answers at once and /readyz reports progress.
+        loading = asyncio.create_task(registry.start())
+        try:
+            yield
+        finally:
+            if not loading.done():
+                loading.cancel()
+            await registry.close()
+
+    app = FastAPI(
+        title="RLAIF reward service",
+        version=__version__,
+        description="Batched reward scoring for RL from AI feedback: a RoBERTa toxicity classifier "
+        "(reward = logit of 'nothate') and LLM judges, behind one HTTP API.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.registry = registry
+    app.include_router(router)
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(BearerAuth, api_key=settings.api_key.get_secret_value())
+    return app

@@ -1,0 +1,54 @@
+"""One exception per cause, each mapped to one HTTP status by the app."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status_code = 500
+    retry_after: int | None = None
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+class UnknownScorer(ServiceError):
+    status_code = 404
+
+
+class TooManyItems(ServiceError):
+    status_code = 413
+
+
+class InvalidInput(ServiceError):
+    status_code = 422
+
+
+class Overloaded(ServiceError):
+    """The scorer's queue is full: come back shortly."""
+
+    status_code = 503
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class NotReady(Overloaded):
+    """The scorer is still loading, or failed to load."""
+
+
+class UpstreamFailed(ServiceError):
+    """A remote scorer (e.g. Bedrock) could not score every input."""
+
+    status_code = 502
+
+
+class UpstreamTimeout(UpstreamFailed):
+    status_code = 504
+
+
+class ScoringFailed(ServiceError):
+    """The model itself failed on a batch (not the client's fault)."""
+
+    status_code = 500

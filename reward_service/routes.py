@@ -1,0 +1,149 @@
+"""HTTP routes: translate requests into scorer calls and results back into responses."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from reward_service.errors import InvalidInput, ServiceError
+from reward_service.metrics import ServiceMetrics
+from reward_service.scorers import ScoreOptions, ScorerRegistry
+from reward_service.settings import ServiceSettings
+from reward_service.validation import check_limits
+from shared.schemas import (
+    ErrorBody,
+    Limits,
+    OpenRLHFRequest,
+    OpenRLHFResponse,
+    ScoreRequest,
+    ScoreResponse,
+    ScorersResponse,
+)
+
+router = APIRouter()
+
+_ERRORS = {
+    401: {"model": ErrorBody, "description": "Missing or wrong API key."},
+    404: {"model": ErrorBody, "description": "Unknown scorer."},
+    413: {"model": ErrorBody, "description": "Too many items, or body too large."},
+    422: {"model": ErrorBody, "description": "Invalid input; the message names the field."},
+    502: {"model": ErrorBody, "description": "A remote scorer failed on some inputs."},
+    503: {"model": ErrorBody, "description": "Queue full or scorer not ready; see Retry-After."},
+}
+
+
+def _registry(request: Request) -> ScorerRegistry:
+    return request.app.state.registry
+
+
+def _settings(request: Request) -> ServiceSettings:
+    return request.app.state.settings
+
+
+def _metrics(request: Request) -> ServiceMetrics:
+    return request.app.state.metrics
+
+
+async def _score(request: Request, route: str, scorer_name: str | None, body: ScoreRequest) -> ScoreResponse:
+    settings, metrics = _settings(request), _metrics(request)
+    label = scorer_name or _registry(request).default
+    started = time.perf_counter()
+    status = 200
+    try:
+        scorer = _registry(request).get(scorer_name)
+        texts = check_limits(body, settings)
+        options = ScoreOptions(
+            truncation_side=body.truncation_side or settings.truncation_side, return_labels=body.return_labels
+        )
+        output = await scorer.score(texts, options)
+    except ServiceError as exc:
+        status = exc.status_code
+        raise
+    finally:
+        metrics.requests.labels(route, label, str(status)).inc()
+    metrics.items.labels(scorer.name).inc(len(texts))
+    metrics.request_latency.labels(scorer.name).observe(time.perf_counter() - started)
+    return ScoreResponse(
+        scorer=scorer.name,
+        model=scorer.info().model,
+        scores=output.scores,
+        truncated=output.truncated,
+        labels=output.labels,
+        members=output.members,
+    )
+
+
+@router.post("/score", response_model=ScoreResponse, responses=_ERRORS, tags=["scoring"])
+async def score_default(request: Request, body: ScoreRequest) -> ScoreResponse:
+    """Score with the default scorer (the first of REWARD_SCORERS)."""
+    return await _score(request, "/score", None, body)
+
+
+@router.post("/score/{scorer}", response_model=ScoreResponse, responses=_ERRORS, tags=["scoring"])
+async def score_named(request: Request, scorer: str, body: ScoreRequest) -> ScoreResponse:
+    """Score with the named scorer (see GET /scorers)."""
+    return await _score(request, "/score/{scorer}", scorer, body)
+
+
+@router.post("/get_reward", response_model=OpenRLHFResponse, responses=_ERRORS, tags=["scoring"])
+async def get_reward(request: Request, body: OpenRLHFRequest) -> OpenRLHFResponse:
+    """OpenRLHF-compatible remote reward (`--remote_rm_url http://host:port/get_reward`).
+
+    `query` holds prompt + response decoded with special tokens; those are stripped before scoring
+    with the default scorer.
+    """
+    pattern = re.compile(_settings(request).openrlhf_strip_pattern)
+    texts = [pattern.sub("", query).strip() for query in body.query]
+    if not texts:
+        raise InvalidInput("'query' must not be empty")
+    result = await _score(request, "/get_reward", None, ScoreRequest(texts=texts))
+    return OpenRLHFResponse(rewards=result.scores, scores=result.scores, extra_logs={})
+
+
+@router.get("/scorers", response_model=ScorersResponse, tags=["info"])
+async def list_scorers(request: Request) -> ScorersResponse:
+    """The configured scorers, whether each is ready, and the request limits."""
+    settings = _settings(request)
+    return ScorersResponse(
+        default=_registry(request).default,
+        scorers=_registry(request).infos(),
+        limits=Limits(
+            max_items_per_request=settings.max_items_per_request, max_text_chars=settings.max_text_chars
+        ),
+    )
+
+
+@router.get("/healthz", tags=["info"])
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["info"], responses={503: {"description": "Some scorer is not ready."}})
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: 503 while any scorer is loading or the default scorer failed, else 200.
+
+    A non-default scorer that failed to start (e.g. Bedrock without credentials) does not block
+    readiness, so the others stay usable; the body says what is missing.
+    """
+    registry = _registry(request)
+    infos = registry.infos()
+    states = {info.name: info.error if info.error else info.state for info in infos}
+    blocked = any(info.state == "loading" for info in infos) or not registry.get(None).ready
+    if blocked:
+        return JSONResponse(
+            {"status": "not ready", "scorers": states},
+            status_code=503,
+            headers={"Retry-After": str(_settings(request).retry_after_s)},
+        )
+    return JSONResponse({"status": "ready", "scorers": states})
+
+
+@router.get("/metrics", tags=["info"], response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(_metrics(request).registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,73 @@
+"""Scorer backends and the registry that builds them from settings."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from reward_service.batcher import BatchLimits
+from reward_service.errors import UnknownScorer
+from reward_service.metrics import ServiceMetrics
+from reward_service.scorers.base import ScoreOptions, ScoreOutput, Scorer
+from reward_service.settings import ServiceSettings
+from shared.schemas import ScorerInfo
+
+__all__ = ["ScoreOptions", "ScoreOutput", "Scorer", "ScorerRegistry", "build_registry", "SCORER_FACTORIES"]
+
+
+def batch_limits(settings: ServiceSettings) -> BatchLimits:
+    return BatchLimits(
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_items=settings.max_batch_items,
+        max_wait_ms=settings.max_wait_ms,
+        queue_capacity=settings.queue_capacity,
+        retry_after_s=settings.retry_after_s,
+    )
+
+
+def _roberta_hate(name: str, settings: ServiceSettings, metrics: ServiceMetrics) -> Scorer:
+    # Imported here so that the registry module itself does not need torch.
+    from reward_service.scorers.roberta import RobertaScorer
+
+    return RobertaScorer(
+        name, settings.roberta_model, settings.device, settings.dtype, batch_limits(settings), metrics
+    )
+
+
+SCORER_FACTORIES: dict[str, Callable[[str, ServiceSettings, ServiceMetrics], Scorer]] = {
+    "roberta-hate": _roberta_hate,
+}
+
+
+class ScorerRegistry:
+    """The loaded scorers, by name; the first configured one is the default."""
+
+    def __init__(self, scorers: dict[str, Scorer], default: str) -> None:
+        self.scorers = scorers
+        self.default = default
+
+    def get(self, name: str | None) -> Scorer:
+        key = self.default if name is None else name
+        try:
+            return self.scorers[key]
+        except KeyError:
+            raise UnknownScorer(f"unknown scorer '{key}'; known scorers: {', '.join(self.scorers)}") from None
+
+    def infos(self) -> list[ScorerInfo]:
+        return [scorer.info() for scorer in self.scorers.values()]
+
+    async def start(self) -> None:
+        await asyncio.gather(*(scorer.start() for scorer in self.scorers.values()))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(scorer.close() for scorer in self.scorers.values()))
+
+
+def build_registry(settings: ServiceSettings, metrics: ServiceMetrics) -> ScorerRegistry:
+    unknown = [name for name in settings.scorers if name not in SCORER_FACTORIES]
+    if unknown:
+        raise ValueError(
+            f"REWARD_SCORERS names unknown scorer(s) {unknown}; available: {', '.join(SCORER_FACTORIES)}"
+        )
+    scorers = {name: SCORER_FACTORIES[name](name, settings, metrics) for name in settings.scorers}
+    return ScorerRegistry(scorers, settings.default_scorer)

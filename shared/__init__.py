@@ -1,0 +1,30 @@
+"""Wire schemas and HTTP clients for the RLAIF reward service (no torch needed)."""
+
+from shared.client import AsyncRewardClient, RetryPolicy, RewardClient, parse_base_urls
+from shared.errors import RewardClientError, RewardRequestError, RewardServiceUnavailable
+from shared.schemas import (
+    LabelScore,
+    OpenRLHFRequest,
+    OpenRLHFResponse,
+    ScoreRequest,
+    ScoreResponse,
+    ScorerInfo,
+    ScorersResponse,
+)
+
+__all__ = [
+    "AsyncRewardClient",
+    "LabelScore",
+    "OpenRLHFRequest",
+    "OpenRLHFResponse",
+    "RetryPolicy",
+    "RewardClient",
+    "RewardClientError",
+    "RewardRequestError",
+    "RewardServiceUnavailable",
+    "ScoreRequest",
+    "ScoreResponse",
+    "ScorerInfo",
+    "ScorersResponse",
+    "parse_base_urls",
+]

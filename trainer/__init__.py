@@ -1,0 +1,1 @@
+"""PPO trainer that gets its rewards from the reward service over HTTP."""
