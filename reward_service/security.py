@@ -71,25 +71,27 @@ class BodySizeLimit:
             await _send_json(send, 413, detail, [])
             return
         received = 0
-        started = False
+        too_large = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    too_large = True
                     raise _BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        async def guarded_send(message: Message) -> None:
+            # Once the body is over the limit, whatever the app answers (FastAPI turns the error into
+            # a 400) is replaced by our 413.
+            if not too_large:
+                await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, guarded_send)
         except _BodyTooLarge:
-            if not started:
-                await _send_json(send, 413, detail, [])
+            pass
+        if too_large:
+            await _send_json(send, 413, detail, [])

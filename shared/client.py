@@ -54,14 +54,18 @@ class RetryPolicy:
     initial_backoff_s: float = 0.2
     max_backoff_s: float = 10.0
     down_cooldown_s: float = 5.0
+    max_retry_after_s: float = 60.0
 
     def tenacity_kwargs(self) -> dict[str, Any]:
-        backoff = wait_exponential_jitter(initial=self.initial_backoff_s, max=self.max_backoff_s)
+        backoff = wait_exponential_jitter(
+            multiplier=self.initial_backoff_s, max=self.max_backoff_s, jitter=self.initial_backoff_s
+        )
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, _RetryableFailure) and exc.retry_after is not None:
-                return min(exc.retry_after, self.max_backoff_s)
+                # The server knows best when it will have room; only an absurd value is capped.
+                return min(exc.retry_after, self.max_retry_after_s)
             return backoff(state)
 
         return {

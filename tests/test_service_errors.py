@@ -1,0 +1,147 @@
+"""Every error status the service promises, through real HTTP."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reward_service.app import create_app
+from tests.conftest import service_settings
+from tests.live_server import LiveServer, serving
+
+
+def post(server: LiveServer, path: str, body: object) -> httpx.Response:
+    return httpx.post(server.url + path, json=body, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"texts": []}, "must not be empty"),
+        ({"texts": "I like you."}, "texts"),
+        ({"texts": [1, 2]}, "texts"),
+        ({"queries": ["a", "b"], "responses": ["c"]}, "'queries' has 2 items but 'responses' has 1"),
+        ({"queries": ["a"]}, "'responses' is missing"),
+        ({"texts": ["a"], "queries": ["a"], "responses": ["b"]}, "not both"),
+        ({}, "give 'texts'"),
+        ({"texts": ["a"], "score_on": "everything"}, "score_on"),
+        ({"texts": ["a"], "truncation_side": "middle"}, "truncation_side"),
+        ({"texts": ["a"], "unknown_knob": 3}, "unknown_knob"),
+    ],
+)
+def test_invalid_bodies_get_422_naming_the_problem(
+    live_service: LiveServer, body: object, field: str
+) -> None:
+    response = post(live_service, "/score", body)
+    assert response.status_code == 422, response.text
+    assert field in response.text
+
+
+def test_text_over_the_char_limit_is_422_naming_the_index(live_service: LiveServer) -> None:
+    response = post(live_service, "/score", {"queries": ["ok", "ok"], "responses": ["fine", "x" * 5001]})
+    assert response.status_code == 422
+    assert "responses[1]" in response.json()["detail"] and "5000" in response.json()["detail"]
+
+
+def test_malformed_json_is_422_not_500(live_service: LiveServer) -> None:
+    response = httpx.post(
+        live_service.url + "/score", content=b'{"texts": ["a"', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+
+
+def test_too_many_items_is_413(live_service: LiveServer) -> None:
+    response = post(live_service, "/score", {"texts": ["a"] * 65})
+    assert response.status_code == 413
+    assert "64" in response.json()["detail"]
+
+
+def test_unknown_scorer_is_404_listing_known_ones(live_service: LiveServer) -> None:
+    response = post(live_service, "/score/gpt-judge", {"texts": ["a"]})
+    assert response.status_code == 404
+    assert "gpt-judge" in response.json()["detail"] and "roberta-hate" in response.json()["detail"]
+
+
+def test_oversized_body_is_413(tiny_roberta: Path) -> None:
+    with serving(create_app(service_settings(tiny_roberta, max_body_bytes=2048))) as server:
+        response = post(server, "/score", {"texts": ["x" * 4000]})
+        assert response.status_code == 413
+
+        def chunks():
+            yield b'{"texts": ["'
+            for _ in range(10):
+                yield b"y" * 500
+            yield b'"]}'
+
+        # No Content-Length (chunked upload): the limit still holds.
+        chunked = httpx.post(
+            server.url + "/score", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert chunked.status_code == 413
+
+
+def test_model_that_cannot_load_gives_503_with_retry_after(tmp_path: Path) -> None:
+    settings = service_settings(tmp_path / "no-such-model", retry_after_s=7)
+    with serving(create_app(settings), ready_path=None) as server:
+        deadline = time.monotonic() + 30
+        while httpx.get(server.url + "/scorers").json()["scorers"][0]["state"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ready = httpx.get(server.url + "/readyz")
+        assert ready.status_code == 503 and ready.headers["retry-after"] == "7"
+        assert "no-such-model" in ready.json()["scorers"]["roberta-hate"]
+        scored = post(server, "/score", {"texts": ["a"]})
+        assert scored.status_code == 503 and scored.headers["retry-after"] == "7"
+        assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_full_queue_gives_503_with_retry_after(tiny_roberta: Path) -> None:
+    settings = service_settings(tiny_roberta, max_items_per_request=4, queue_capacity=4, retry_after_s=2)
+    app = create_app(settings)
+    with serving(app) as server:
+        batcher = app.state.registry.get(None)._batcher
+        real_run = batcher.run_batch
+
+        def slow_run(items: list[list[int]]) -> list[list[float]]:
+            time.sleep(1.0)
+            return real_run(items)
+
+        batcher.run_batch = slow_run
+        body = {"texts": ["a", "b", "c", "d"]}
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            first = pool.submit(post, server, "/score", body)  # taken by the batcher, running
+            time.sleep(0.3)
+            second = pool.submit(post, server, "/score", body)  # fills the queue
+            time.sleep(0.3)
+            third = post(server, "/score", body)  # no room left
+            assert third.status_code == 503
+            assert third.headers["retry-after"] == "2"
+            assert first.result().status_code == 200 and second.result().status_code == 200
+        assert (
+            'reward_rejected_items_total{scorer="roberta-hate"} 4.0'
+            in httpx.get(server.url + "/metrics").text
+        )
+
+
+def test_api_key_guards_every_route_but_health(tiny_roberta: Path) -> None:
+    with serving(create_app(service_settings(tiny_roberta, api_key="s3cret-key"))) as server:
+        good = {"Authorization": "Bearer s3cret-key"}
+        for wrong in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "s3cret-key"}):
+            response = httpx.post(server.url + "/score", json={"texts": ["a"]}, headers=wrong)
+            assert response.status_code == 401
+            assert "s3cret-key" not in response.text
+            assert response.headers["www-authenticate"] == "Bearer"
+            for path in ("/scorers", "/metrics", "/openapi.json", "/docs"):
+                assert httpx.get(server.url + path, headers=wrong).status_code == 401
+            assert (
+                httpx.post(server.url + "/get_reward", json={"query": ["a"]}, headers=wrong).status_code
+                == 401
+            )
+        assert httpx.post(server.url + "/score", json={"texts": ["a"]}, headers=good).status_code == 200
+        assert httpx.get(server.url + "/metrics", headers=good).status_code == 200
+        assert httpx.get(server.url + "/healthz").status_code == 200
+        assert httpx.get(server.url + "/readyz").status_code == 200
