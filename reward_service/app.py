@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from reward_service import __version__
 from reward_service.errors import ServiceError
 from reward_service.metrics import ServiceMetrics
-from reward_service.routes import router
+from reward_service.routes import ClientGone, router
 from reward_service.scorers import build_registry
 from reward_service.security import BearerAuth, BodySizeLimit
 from reward_service.settings import ServiceSettings
@@ -37,6 +37,11 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
         for e in exc.errors()
     ]
     return JSONResponse({"detail": errors}, status_code=422)
+
+
+async def _client_gone(_: Request, exc: Exception) -> Response:
+    # Nobody is listening; answer the way nginx logs it so access logs show what happened.
+    return Response(status_code=499)
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -68,6 +73,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(router)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientGone, _client_gone)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.api_key is not None:
         app.add_middleware(BearerAuth, api_key=settings.api_key.get_secret_value())

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -25,6 +28,7 @@ from shared.schemas import (
 )
 
 router = APIRouter()
+T = TypeVar("T")
 
 _ERRORS = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key."},
@@ -48,6 +52,33 @@ def _metrics(request: Request) -> ServiceMetrics:
     return request.app.state.metrics
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its scores were ready."""
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first.
+
+    The body has been read by now, so the next ASGI message can only be the disconnect. Cancelling
+    the scorer call cancels the batcher's future, and the batcher then skips the queued items.
+    """
+    work_task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not work_task.done():
+        work_task.cancel()
+        raise ClientGone
+    return work_task.result()
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _score(request: Request, route: str, scorer_name: str | None, body: ScoreRequest) -> ScoreResponse:
     settings, metrics = _settings(request), _metrics(request)
     label = scorer_name or _registry(request).default
@@ -59,9 +90,12 @@ async def _score(request: Request, route: str, scorer_name: str | None, body: Sc
         options = ScoreOptions(
             truncation_side=body.truncation_side or settings.truncation_side, return_labels=body.return_labels
         )
-        output = await scorer.score(texts, options)
+        output = await _unless_disconnected(request, scorer.score(texts, options))
     except ServiceError as exc:
         status = exc.status_code
+        raise
+    except ClientGone:
+        status = 499
         raise
     finally:
         metrics.requests.labels(route, label, str(status)).inc()

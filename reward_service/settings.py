@@ -51,6 +51,9 @@ class ServiceSettings(BaseSettings):
         r"|<(?:start|end)_of_turn>",
         description="Regex of special tokens removed from OpenRLHF's decoded queries before scoring.",
     )
+    graceful_shutdown_s: int = Field(
+        default=30, ge=0, description="On SIGTERM, how long in-flight requests may take before exit."
+    )
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "info"

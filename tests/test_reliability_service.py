@@ -1,0 +1,143 @@
+"""Reliability of the service alone: disconnects, graceful shutdown, secrets kept out of logs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reward_service.app import create_app
+from tests.conftest import service_settings
+from tests.live_server import free_port, serving
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_client_disconnect_drops_the_work_and_the_server_stays_healthy(tiny_roberta: Path) -> None:
+    app = create_app(service_settings(tiny_roberta, max_wait_ms=0))
+    with serving(app) as server:
+        batcher = app.state.registry.get(None)._batcher
+        real_run = batcher.run_batch
+        computed: list[int] = []
+
+        def slow_run(items: list[list[int]]) -> list[list[float]]:
+            computed.append(len(items))
+            time.sleep(0.5)
+            return real_run(items)
+
+        batcher.run_batch = slow_run
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            busy = pool.submit(httpx.post, server.url + "/score", json={"texts": ["busy"]}, timeout=30)
+            time.sleep(0.1)
+            with pytest.raises(httpx.ReadTimeout):
+                # Queued behind the busy batch; the client gives up and closes the connection.
+                httpx.post(server.url + "/score", json={"texts": ["gone"] * 7}, timeout=0.2)
+            assert busy.result().status_code == 200
+        time.sleep(0.7)
+        batcher.run_batch = real_run
+        assert 7 not in computed  # the abandoned request's items were never run
+        assert httpx.post(server.url + "/score", json={"texts": ["after"]}).status_code == 200
+        metrics = httpx.get(server.url + "/metrics").text
+        assert metric(metrics, 'reward_abandoned_items_total{scorer="roberta-hate"}') == 7
+        assert 'status="499"' in metrics
+
+
+def start_service(tiny_roberta: Path, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "REWARD_ROBERTA_MODEL": str(tiny_roberta),
+        "REWARD_DEVICE": "cpu",
+        **env,
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reward_service", "--host", "127.0.0.1", "--port", str(port)],
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=log.parent,
+        )
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
+def test_sigterm_lets_in_flight_requests_finish_then_exits_0(tiny_roberta: Path, tmp_path: Path) -> None:
+    port = free_port()
+    process = start_service(tiny_roberta, port, {"REWARD_MAX_BATCH_TOKENS": "2048"}, tmp_path / "service.log")
+    url = f"http://127.0.0.1:{port}/score"
+    long_texts = ["Thank you for your help. You are welcome here. " * 60] * 256
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = [
+                pool.submit(httpx.post, url, json={"texts": long_texts}, timeout=120) for _ in range(4)
+            ]
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            responses = [f.result() for f in futures]
+        assert [r.status_code for r in responses] == [200] * 4
+        assert all(len(r.json()["scores"]) == 256 for r in responses)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_api_key_and_aws_secrets_never_reach_logs_or_error_bodies(tiny_roberta: Path, tmp_path: Path) -> None:
+    port = free_port()
+    key, aws_secret = "sk-test-0123456789abcdef", "AWSSECRETabcdefghij0123456789"
+    log = tmp_path / "service.log"
+    process = start_service(
+        tiny_roberta,
+        port,
+        {
+            "REWARD_API_KEY": key,
+            "AWS_SECRET_ACCESS_KEY": aws_secret,
+            "AWS_ACCESS_KEY_ID": "AKIATEST",
+            "REWARD_LOG_LEVEL": "debug",
+        },
+        log,
+    )
+    base = f"http://127.0.0.1:{port}"
+    bodies = []
+    try:
+        for headers in ({}, {"Authorization": f"Bearer {key}x"}, {"Authorization": key}):
+            response = httpx.post(base + "/score", json={"texts": ["a"]}, headers=headers)
+            assert response.status_code == 401
+            bodies.append(response.text)
+        good = {"Authorization": f"Bearer {key}"}
+        bodies.append(httpx.post(base + "/score", json={"texts": []}, headers=good).text)
+        bodies.append(httpx.post(base + "/score/nope", json={"texts": ["a"]}, headers=good).text)
+        bodies.append(httpx.get(base + "/scorers", headers=good).text)
+        bodies.append(httpx.get(base + "/readyz").text)
+        assert httpx.post(base + "/score", json={"texts": ["a"]}, headers=good).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    logs = log.read_text()
+    assert "POST /score" in logs  # the access log was captured, so the check below means something
+    for secret in (key, aws_secret):
+        assert secret not in logs
+        assert all(secret not in body for body in bodies)
