@@ -1,0 +1,117 @@
+"""Hostile input: property-based fuzzing of every route from the OpenAPI schema, plus hand-made
+nasties. Nothing may produce a 5xx; every rejection is a 4xx with a message."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+
+from tests.live_server import LiveServer
+
+# CI runs a reduced number of examples; RELIABILITY_FULL=1 runs the full set.
+EXAMPLES = 200 if os.environ.get("RELIABILITY_FULL") else 40
+
+
+@pytest.fixture(scope="module")
+def api_schema(live_service: LiveServer) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(live_service.url + "/openapi.json")
+
+
+def _rejection_has_a_message(response: schemathesis.Response) -> None:
+    if 400 <= response.status_code < 500:
+        body = response.json()
+        assert isinstance(body, dict) and body.get("detail"), f"{response.status_code} without a message"
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_no_route_answers_5xx_to_generated_input(
+    api_schema: schemathesis.BaseSchema, mode: GenerationMode
+) -> None:
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/score", "/score/{scorer}", "/get_reward", "/scorers"}
+    if mode == GenerationMode.NEGATIVE:
+        # Only routes with a body can be sent invalid data.
+        operations = [op for op in operations if op.method.upper() == "POST"]
+    for operation in operations:
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(
+            max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None
+        )
+        def no_server_error(case: schemathesis.Case) -> None:
+            response = case.call(timeout=30)
+            case.validate_response(response, checks=[not_a_server_error])
+            _rejection_has_a_message(response)
+
+        no_server_error()
+
+
+def _post_raw(server: LiveServer, body: bytes, content_type: str = "application/json") -> httpx.Response:
+    return httpx.post(server.url + "/score", content=body, headers={"content-type": content_type}, timeout=60)
+
+
+def _assert_4xx_with_message(response: httpx.Response, status: int | None = None) -> None:
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    if status is not None:
+        assert response.status_code == status, response.text[:300]
+    assert response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "content_type", "status"),
+    [
+        ("deeply nested json", b"[" * 100_000 + b"]" * 100_000, "application/json", 400),
+        ("non-utf8 bytes", b'{"texts": ["\xff\xfe\xfa"]}', "application/json", 400),
+        ("wrong content type", b"texts=hello", "application/x-www-form-urlencoded", 422),
+        ("plain text body", b"I like you.", "text/plain", 422),
+        ("json null", b"null", "application/json", 422),
+        ("json number", b"1e999999", "application/json", 422),
+        ("negative knob", b'{"texts": ["a"], "return_labels": -1}', "application/json", 422),
+        ("absurd knob", b'{"texts": ["a"], "truncation_side": 1e308}', "application/json", 422),
+        ("unknown field", b'{"texts": ["a"], "batch_size": 999999}', "application/json", 422),
+        ("texts of numbers", b'{"texts": [1e308, -1]}', "application/json", 422),
+    ],
+)
+def test_hand_made_hostile_bodies_are_rejected_cleanly(
+    live_service: LiveServer, name: str, body: bytes, content_type: str, status: int
+) -> None:
+    _assert_4xx_with_message(_post_raw(live_service, body, content_type), status)
+
+
+def test_control_characters_and_emoji_are_scored(live_service: LiveServer) -> None:
+    texts = ["\x00\x01\x1b[31m\u202e", "🔥💀🤬" * 50, "\ud7ff\ufffd", "", " "]
+    response = httpx.post(live_service.url + "/score", json={"texts": texts})
+    assert response.status_code == 200
+    assert len(response.json()["scores"]) == len(texts)
+
+
+def test_a_hundred_thousand_short_texts_is_413(live_service: LiveServer) -> None:
+    body = json.dumps({"texts": ["hi"] * 100_000}).encode()
+    _assert_4xx_with_message(_post_raw(live_service, body), 413)
+
+
+def test_one_ten_megabyte_text_is_422_naming_it(live_service: LiveServer) -> None:
+    body = json.dumps({"texts": ["ok", "x" * 10_000_000]}).encode()
+    response = _post_raw(live_service, body)
+    _assert_4xx_with_message(response, 422)
+    assert "texts[1]" in response.json()["detail"]
+
+
+def test_openrlhf_route_rejects_hostile_bodies(live_service: LiveServer) -> None:
+    for body in (b'{"query": []}', b'{"query": "abc"}', b'{"prompts": ["a"]}', b"[]"):
+        response = httpx.post(
+            live_service.url + "/get_reward", content=body, headers={"content-type": "application/json"}
+        )
+        _assert_4xx_with_message(response, 422)
+
+
+def test_service_is_still_healthy_after_the_abuse(live_service: LiveServer) -> None:
+    assert httpx.get(live_service.url + "/readyz").status_code == 200
+    assert httpx.post(live_service.url + "/score", json={"texts": ["I like you."]}).status_code == 200
