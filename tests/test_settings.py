@@ -1,0 +1,58 @@
+"""Configuration from REWARD_* variables: the names are part of the public interface."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from reward_service.metrics import ServiceMetrics
+from reward_service.scorers import build_registry
+from reward_service.settings import DEFAULT_ROBERTA_MODEL, ServiceSettings
+
+
+def test_defaults_match_the_documented_interface(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = ServiceSettings(_env_file=None)
+    assert settings.scorers == ["roberta-hate"] and settings.default_scorer == "roberta-hate"
+    assert (
+        settings.roberta_model == DEFAULT_ROBERTA_MODEL == "facebook/roberta-hate-speech-dynabench-r4-target"
+    )
+    assert settings.device == "auto" and settings.api_key is None
+    assert settings.max_items_per_request == 1024 and settings.max_text_chars == 20_000
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REWARD_SCORERS", " roberta-hate , other ")
+    monkeypatch.setenv("REWARD_ROBERTA_MODEL", "/models/roberta")
+    monkeypatch.setenv("REWARD_DEVICE", "cuda:1")
+    monkeypatch.setenv("REWARD_API_KEY", "abc")
+    monkeypatch.setenv("REWARD_MAX_ITEMS_PER_REQUEST", "10")
+    monkeypatch.setenv("REWARD_MAX_TEXT_CHARS", "99")
+    settings = ServiceSettings(_env_file=None)
+    assert settings.scorers == ["roberta-hate", "other"]
+    assert settings.roberta_model == "/models/roberta" and settings.device == "cuda:1"
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "abc"
+    assert "abc" not in repr(settings)  # a secret never shows in logs of the settings
+    assert settings.max_items_per_request == 10 and settings.max_text_chars == 99
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"REWARD_SCORERS": ""},
+        {"REWARD_SCORERS": "roberta-hate,roberta-hate"},
+        {"REWARD_MAX_ITEMS_PER_REQUEST": "0"},
+        {"REWARD_QUEUE_CAPACITY": "10", "REWARD_MAX_ITEMS_PER_REQUEST": "100"},
+        {"REWARD_DTYPE": "float8"},
+    ],
+)
+def test_bad_settings_fail_at_start(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError):
+        ServiceSettings(_env_file=None)
+
+
+def test_unknown_scorer_name_fails_at_start_listing_the_available_ones() -> None:
+    settings = ServiceSettings(_env_file=None, scorers="roberta-hate,gpt-judge")
+    with pytest.raises(ValueError, match="gpt-judge.*available: roberta-hate"):
+        build_registry(settings, ServiceMetrics())
