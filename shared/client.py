@@ -202,7 +202,10 @@ def _build_request(
     )
 
 
-def _verify_count(response: ScoreResponse, expected: int, url: str) -> ScoreResponse:
+def _parse_chunk(body: Any, payload: dict[str, Any], url: str) -> ScoreResponse:
+    """The server's answer to one chunk, checked to hold exactly one score per input."""
+    response = ScoreResponse.model_validate(body)
+    expected = len(payload["texts"] if "texts" in payload else payload["responses"])
     if len(response.scores) != expected:
         raise RewardClientError(
             f"reward service at {url} returned {len(response.scores)} scores for {expected} inputs"
@@ -297,8 +300,7 @@ class RewardClient(_ClientBase):
         parts = []
         for payload in _chunk_payloads(request, self._chunk_size()):
             body, url = self._call("POST", _score_path(scorer), payload)
-            expected = len(payload.get("texts") or payload["responses"])
-            parts.append(_verify_count(ScoreResponse.model_validate(body), expected, url))
+            parts.append(_parse_chunk(body, payload, url))
         return _merge(parts)
 
 
@@ -361,8 +363,7 @@ class AsyncRewardClient(_ClientBase):
 
         async def one(payload: dict[str, Any]) -> ScoreResponse:
             body, url = await self._call("POST", _score_path(scorer), payload)
-            expected = len(payload.get("texts") or payload["responses"])
-            return _verify_count(ScoreResponse.model_validate(body), expected, url)
+            return _parse_chunk(body, payload, url)
 
         payloads = _chunk_payloads(request, await self._chunk_size())
         return _merge(list(await asyncio.gather(*(one(p) for p in payloads))))
