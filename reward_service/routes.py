@@ -33,6 +33,7 @@ _ERRORS = {
     422: {"model": ErrorBody, "description": "Invalid input; the message names the field."},
     502: {"model": ErrorBody, "description": "A remote scorer failed on some inputs."},
     503: {"model": ErrorBody, "description": "Queue full or scorer not ready; see Retry-After."},
+    504: {"model": ErrorBody, "description": "A remote scorer timed out on some inputs."},
 }
 
 
