@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from pathlib import Path
@@ -291,3 +292,14 @@ def test_without_credentials_the_judge_fails_to_start_and_says_why(
 def test_an_unknown_template_fails_the_judge_with_the_choices(fake_bedrock: FakeBedrock) -> None:
     state, error, _ = _failed_start(bedrock_settings(fake_bedrock, bedrock_template="no-such-template"))
     assert state == "failed" and "toxicity, summary-quality" in (error or "")
+
+
+def test_credentials_stay_out_of_the_logs_even_at_debug_level(
+    fake_bedrock: FakeBedrock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "fake-session-token-value")
+    caplog.set_level(logging.DEBUG)
+    assert scores_of(bedrock_settings(fake_bedrock), [LIKE]) == [5.0]
+    assert "claude-bedrock ready" in caplog.text
+    for secret in ("fake-session-token-value", "fake-secret-key", "AKIDFAKEFAKEFAKE"):
+        assert secret not in caplog.text

@@ -114,6 +114,11 @@ class BedrockJudge(Scorer):
         self._error: str | None = None
 
     async def start(self) -> None:
+        # botocore's DEBUG records show request headers, session tokens included: credentials are never
+        # to be logged, whatever REWARD_LOG_LEVEL says.
+        botocore_log = logging.getLogger("botocore")
+        if botocore_log.getEffectiveLevel() < logging.INFO:
+            botocore_log.setLevel(logging.INFO)
         try:
             self._template = load_template(self._settings.bedrock_template)
             self._client = await anyio.to_thread.run_sync(self._connect)
@@ -197,7 +202,7 @@ class BedrockJudge(Scorer):
         todo = [text for text in keys if text not in answers]
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(
-            *(loop.run_in_executor(pool, self._judge, text, template) for text in todo),
+            *(loop.run_in_executor(pool, self._judge, text, template, keys[text]) for text in todo),
             return_exceptions=True,
         )
         failures: dict[str, JudgeFailure] = {}
@@ -208,7 +213,6 @@ class BedrockJudge(Scorer):
                 raise result
             else:
                 answers[text] = result
-                self._cache.put(keys[text], result)
         if failures:
             raise self._request_error(texts, failures)
         scale, offset = self._settings.bedrock_scale, self._settings.bedrock_offset
@@ -228,8 +232,11 @@ class BedrockJudge(Scorer):
         timeouts_only = all(f.timeout for f in failures.values())
         return UpstreamTimeout(detail) if timeouts_only else UpstreamFailed(detail)
 
-    def _judge(self, text: str, template: JudgeTemplate) -> float:
-        """The judge's number for one text (worker thread); JudgeFailure when there is none."""
+    def _judge(self, text: str, template: JudgeTemplate, key: tuple[str, str, str]) -> float:
+        """The judge's number for one text (worker thread); JudgeFailure when there is none.
+
+        Cached here rather than by the caller, so an answer is kept even when its request was cancelled.
+        """
         try:
             response = self._retrying()(self._converse, text, template)
             value = self._read(response, template)
@@ -241,6 +248,7 @@ class BedrockJudge(Scorer):
             self._metrics.judge_calls.labels(self.name, failure.reason).inc()
             raise failure from exc
         self._metrics.judge_calls.labels(self.name, "ok").inc()
+        self._cache.put(key, value)
         return value
 
     def _retrying(self) -> Retrying:
