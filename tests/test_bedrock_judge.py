@@ -94,6 +94,7 @@ def test_forced_tool_call_gives_the_article_scores_through_a_signed_converse_req
         ("**-3**", -3.0),
         ("Rate: -2 (on a scale from -5 to +5)", -2.0),
         ("\u22121", -1.0),
+        ("-4/5", -4.0),
     ],
 )
 def test_text_replies_are_parsed_when_tools_are_off(
