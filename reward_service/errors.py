@@ -48,6 +48,13 @@ class UpstreamTimeout(UpstreamFailed):
     status_code = 504
 
 
+class UpstreamRejected(UpstreamFailed):
+    """The remote scorer refused for a reason a retry cannot fix (access denied, invalid model id,
+    content filter). 424, not 502, so that clients, which retry 502, give up at once."""
+
+    status_code = 424
+
+
 class ScoringFailed(ServiceError):
     """The model itself failed on a batch (not the client's fault)."""
 

@@ -59,3 +59,16 @@ class ServiceMetrics:
         self.oom_splits = Counter(
             "reward_oom_splits", "Batches split after running out of GPU memory.", ["scorer"], registry=r
         )
+        self.judge_calls = Counter(
+            "reward_judge_calls",
+            "Texts sent to an LLM judge, by outcome (ok, or why it failed: AWS error code, content_filtered, "
+            "malformed, ...).",
+            ["scorer", "outcome"],
+            registry=r,
+        )
+        self.judge_retries = Counter(
+            "reward_judge_retries", "Retries after botocore's own retries gave up.", ["scorer"], registry=r
+        )
+        self.cache_hits = Counter(
+            "reward_cache_hits", "Texts answered from a scorer's cache.", ["scorer"], registry=r
+        )

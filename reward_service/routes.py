@@ -35,8 +35,10 @@ _ERRORS = {
     404: {"model": ErrorBody, "description": "Unknown scorer."},
     413: {"model": ErrorBody, "description": "Too many items, or body too large."},
     422: {"model": ErrorBody, "description": "Invalid input; the message names the field."},
+    424: {"model": ErrorBody, "description": "A remote scorer refused some inputs for good (no retry)."},
     502: {"model": ErrorBody, "description": "A remote scorer failed on some inputs."},
     503: {"model": ErrorBody, "description": "Queue full or scorer not ready; see Retry-After."},
+    504: {"model": ErrorBody, "description": "A remote scorer timed out on some inputs."},
 }
 
 

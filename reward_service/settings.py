@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_ROBERTA_MODEL = "facebook/roberta-hate-speech-dynabench-r4-target"
+# A current Claude inference profile; the article's anthropic.claude-3-sonnet-20240229-v1:0 is retired.
+DEFAULT_BEDROCK_MODEL = "us.anthropic.claude-haiku-4-5-20251001-v1:0"
 
 
 class ServiceSettings(BaseSettings):
@@ -54,6 +57,53 @@ class ServiceSettings(BaseSettings):
     graceful_shutdown_s: int = Field(
         default=30, ge=0, description="On SIGTERM, how long in-flight requests may take before exit."
     )
+    bedrock_model_id: str = Field(
+        default=DEFAULT_BEDROCK_MODEL, description="Bedrock model or inference-profile id of the judge."
+    )
+    bedrock_region: str | None = Field(
+        default=None,
+        description="AWS region; unset = AWS_REGION, then boto3's chain (AWS_DEFAULT_REGION, profile).",
+    )
+    bedrock_endpoint_url: str | None = Field(
+        default=None, description="bedrock-runtime endpoint override (VPC endpoint, local fake in tests)."
+    )
+    bedrock_max_concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Bedrock calls in flight at once (threads and pooled connections).",
+    )
+    bedrock_template: str = Field(
+        default="toxicity",
+        description="Judge prompt: built-in 'toxicity' (-5..+5) or 'summary-quality' (1.00-5.00), "
+        "or the path of a TOML template file.",
+    )
+    bedrock_use_tools: bool = Field(
+        default=True,
+        description="Force a tool call with a numeric schema; false = ask for text and parse the number.",
+    )
+    bedrock_max_tokens: int = Field(default=128, ge=1, le=4096, description="maxTokens of one judge reply.")
+    bedrock_scale: float = Field(default=1.0, description="Score = judge's number x scale + offset.")
+    bedrock_offset: float = Field(default=0.0, description="Score = judge's number x scale + offset.")
+    bedrock_connect_timeout_s: float = Field(default=5.0, gt=0)
+    bedrock_read_timeout_s: float = Field(default=30.0, gt=0, description="Longest wait for one reply.")
+    bedrock_max_attempts: int = Field(
+        default=3, ge=1, description="Attempts per call inside botocore (adaptive retry mode)."
+    )
+    bedrock_retry_total_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="After botocore gives up on a transient fault, retry the text until this many "
+        "seconds have passed since its first attempt.",
+    )
+    bedrock_cache_size: int = Field(
+        default=65_536, ge=0, description="Judge answers kept in memory (LRU); 0 turns the cache off."
+    )
+    ensembles: Annotated[dict[str, dict[str, float]], NoDecode] = Field(
+        default={},
+        description="Weighted sums of scorers: 'name=scorer:weight,scorer:weight;name2=...'. Members must be "
+        "listed in REWARD_SCORERS; an ensemble may be listed there too (e.g. first, as the default).",
+    )
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "info"
@@ -74,6 +124,13 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"REWARD_SCORERS names a scorer twice: {value}")
         return value
 
+    @field_validator("ensembles", mode="before")
+    @classmethod
+    def _parse_ensembles(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_ensembles(value)
+        return value
+
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> ServiceSettings:
         if self.queue_capacity < self.max_items_per_request:
@@ -86,3 +143,34 @@ class ServiceSettings(BaseSettings):
     @property
     def default_scorer(self) -> str:
         return self.scorers[0]
+
+
+def parse_ensembles(spec: str) -> dict[str, dict[str, float]]:
+    """`safety=roberta-hate:0.5,claude-bedrock:0.5;other=...` -> {"safety": {"roberta-hate": 0.5, ...}}."""
+    ensembles: dict[str, dict[str, float]] = {}
+    for part in (p.strip() for p in spec.split(";")):
+        if not part:
+            continue
+        name, sep, members_spec = (x.strip() for x in part.partition("="))
+        if not sep or not name:
+            raise ValueError(f"REWARD_ENSEMBLES entry '{part}' is not 'name=scorer:weight,...'")
+        if name in ensembles:
+            raise ValueError(f"REWARD_ENSEMBLES defines '{name}' twice")
+        members: dict[str, float] = {}
+        for member in (m.strip() for m in members_spec.split(",")):
+            scorer, sep, weight_text = (x.strip() for x in member.partition(":"))
+            if not sep or not scorer:
+                raise ValueError(f"REWARD_ENSEMBLES '{name}': member '{member}' is not 'scorer:weight'")
+            try:
+                weight = float(weight_text)
+            except ValueError:
+                raise ValueError(
+                    f"REWARD_ENSEMBLES '{name}': weight '{weight_text}' is not a number"
+                ) from None
+            if not math.isfinite(weight):
+                raise ValueError(f"REWARD_ENSEMBLES '{name}': weight of '{scorer}' must be finite")
+            if scorer in members:
+                raise ValueError(f"REWARD_ENSEMBLES '{name}' lists '{scorer}' twice")
+            members[scorer] = weight
+        ensembles[name] = members
+    return ensembles

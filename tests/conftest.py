@@ -8,6 +8,7 @@ import pytest
 from demo.tiny_models import build_tiny_roberta_classifier
 from reward_service.app import create_app
 from reward_service.settings import ServiceSettings
+from tests.fake_bedrock import FakeBedrock, running_fake_bedrock
 from tests.live_server import LiveServer, serving
 
 
@@ -30,3 +31,46 @@ def live_service(tiny_roberta: Path) -> Iterator[LiveServer]:
     )
     with serving(create_app(settings)) as server:
         yield server
+
+
+def isolate_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No AWS configuration from the developer's machine: no variables, files or instance metadata."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AWS_") and name != "AWS_CA_BUNDLE":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def fake_bedrock_server() -> Iterator[FakeBedrock]:
+    with running_fake_bedrock() as (fake, _):
+        yield fake
+
+
+@pytest.fixture
+def fake_bedrock(
+    fake_bedrock_server: FakeBedrock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> FakeBedrock:
+    """The fake Bedrock, reset, with dummy credentials and a region in the environment."""
+    fake_bedrock_server.reset()
+    isolate_aws(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFAKEFAKEFAKE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret-key")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return fake_bedrock_server
+
+
+def bedrock_settings(fake: FakeBedrock, **overrides: object) -> ServiceSettings:
+    """Settings for the Bedrock judge alone against the fake, with short retry budgets."""
+    values: dict[str, object] = {
+        "scorers": ["claude-bedrock"],
+        "bedrock_endpoint_url": fake.url,
+        "bedrock_max_attempts": 2,
+        "bedrock_retry_total_s": 1.0,
+    }
+    values.update(overrides)
+    return ServiceSettings(_env_file=None, **values)

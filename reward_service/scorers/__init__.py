@@ -9,6 +9,7 @@ from reward_service.batcher import BatchLimits
 from reward_service.errors import UnknownScorer
 from reward_service.metrics import ServiceMetrics
 from reward_service.scorers.base import ScoreOptions, ScoreOutput, Scorer
+from reward_service.scorers.ensemble import EnsembleScorer
 from reward_service.settings import ServiceSettings
 from shared.schemas import ScorerInfo
 
@@ -34,8 +35,15 @@ def _roberta_hate(name: str, settings: ServiceSettings, metrics: ServiceMetrics)
     )
 
 
+def _claude_bedrock(name: str, settings: ServiceSettings, metrics: ServiceMetrics) -> Scorer:
+    from reward_service.scorers.bedrock import BedrockJudge
+
+    return BedrockJudge(name, settings, metrics)
+
+
 SCORER_FACTORIES: dict[str, Callable[[str, ServiceSettings, ServiceMetrics], Scorer]] = {
     "roberta-hate": _roberta_hate,
+    "claude-bedrock": _claude_bedrock,
 }
 
 
@@ -64,10 +72,31 @@ class ScorerRegistry:
 
 
 def build_registry(settings: ServiceSettings, metrics: ServiceMetrics) -> ScorerRegistry:
-    unknown = [name for name in settings.scorers if name not in SCORER_FACTORIES]
+    """The scorers of REWARD_SCORERS, then the ensembles of REWARD_ENSEMBLES not listed there."""
+    ensembles = settings.ensembles
+    clashes = [name for name in ensembles if name in SCORER_FACTORIES]
+    if clashes:
+        raise ValueError(f"REWARD_ENSEMBLES reuses scorer name(s) {clashes}; give the ensemble another name")
+    unknown = [name for name in settings.scorers if name not in SCORER_FACTORIES and name not in ensembles]
     if unknown:
         raise ValueError(
-            f"REWARD_SCORERS names unknown scorer(s) {unknown}; available: {', '.join(SCORER_FACTORIES)}"
+            f"REWARD_SCORERS names unknown scorer(s) {unknown}; available: "
+            f"{', '.join([*SCORER_FACTORIES, *ensembles])}"
         )
-    scorers = {name: SCORER_FACTORIES[name](name, settings, metrics) for name in settings.scorers}
+    loaded = {
+        name: SCORER_FACTORIES[name](name, settings, metrics)
+        for name in settings.scorers
+        if name in SCORER_FACTORIES
+    }
+    combined: dict[str, Scorer] = {}
+    for name, weights in ensembles.items():
+        missing = [member for member in weights if member not in loaded]
+        if missing:
+            raise ValueError(
+                f"REWARD_ENSEMBLES '{name}' uses {missing}, which REWARD_SCORERS does not load; members "
+                f"must be scorers listed in REWARD_SCORERS (available: {', '.join(SCORER_FACTORIES)})"
+            )
+        combined[name] = EnsembleScorer(name, {member: (loaded[member], w) for member, w in weights.items()})
+    scorers = {name: loaded.get(name) or combined[name] for name in settings.scorers}
+    scorers.update({name: scorer for name, scorer in combined.items() if name not in scorers})
     return ScorerRegistry(scorers, settings.default_scorer)

@@ -1,0 +1,322 @@
+"""BedrockJudge: Claude on Amazon Bedrock rates each text, through the Converse API.
+
+Data path: texts -> distinct texts not in the LRU cache -> thread pool of REWARD_BEDROCK_MAX_CONCURRENCY
+workers sharing one boto3 client (its connection pool has as many slots) -> `converse` with temperature 0
+and a forced tool call whose schema is one number -> the number, checked against the template's range
+-> x scale + offset. Transient faults are retried by botocore (adaptive mode), then by tenacity within
+REWARD_BEDROCK_RETRY_TOTAL_S; a text that still fails makes the whole request fail (502/504), because
+an invented number must never reach a trainer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import anyio
+import boto3
+from botocore.client import BaseClient
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    HTTPClientError,
+    ReadTimeoutError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
+
+from reward_service.errors import NotReady, UpstreamFailed, UpstreamRejected, UpstreamTimeout
+from reward_service.metrics import ServiceMetrics
+from reward_service.scorers.base import ScoreOptions, ScoreOutput, Scorer
+from reward_service.scorers.judge_templates import (
+    JudgeTemplate,
+    MalformedReply,
+    load_template,
+    parse_score_text,
+)
+from reward_service.scorers.score_cache import ScoreCache
+from reward_service.settings import ServiceSettings
+from shared.schemas import ScorerInfo
+
+log = logging.getLogger(__name__)
+
+TOOL_NAME = "record_score"
+# stopReasons meaning Bedrock withheld the answer: very toxic input can trip the content filter.
+_WITHHELD = {"content_filtered", "guardrail_intervened"}
+# Worth another try later; botocore itself does not retry ModelTimeoutException (HTTP 408).
+_TRANSIENT_CODES = {
+    "ThrottlingException",
+    "ServiceUnavailableException",
+    "InternalServerException",
+    "ModelTimeoutException",
+    "ModelNotReadyException",
+}
+_TIMEOUT_CODES = {"ModelTimeoutException"}
+_MESSAGE_CHARS = 300
+
+
+class JudgeFailure(Exception):
+    """One text could not be scored; `reason` (an AWS error code, a stopReason, 'malformed', ...) groups
+    failures in the request's error message and in metrics."""
+
+    def __init__(self, reason: str, message: str, timeout: bool = False, permanent: bool = False) -> None:
+        self.reason = reason
+        self.message = message[:_MESSAGE_CHARS]
+        self.timeout = timeout
+        self.permanent = permanent
+        super().__init__(f"{reason}: {self.message}")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Throttling, 5xx, model timeouts, and connection faults or timeouts."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return exc.response.get("Error", {}).get("Code") in _TRANSIENT_CODES or status == 429 or status >= 500
+    return isinstance(exc, BotoConnectionError | HTTPClientError)
+
+
+def as_failure(exc: ClientError | BotoCoreError) -> JudgeFailure:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = error.get("Code") or "ClientError"
+        return JudgeFailure(
+            code,
+            error.get("Message") or str(exc),
+            timeout=code in _TIMEOUT_CODES,
+            permanent=not is_transient(exc),
+        )
+    return JudgeFailure(
+        type(exc).__name__, str(exc), timeout=isinstance(exc, ReadTimeoutError | ConnectTimeoutError)
+    )
+
+
+class BedrockJudge(Scorer):
+    kind = "llm-judge"
+
+    def __init__(self, name: str, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
+        self.name = name
+        self.model_id = settings.bedrock_model_id
+        self._settings = settings
+        self._metrics = metrics
+        self._cache = ScoreCache(settings.bedrock_cache_size)
+        self._template: JudgeTemplate | None = None
+        self._client: BaseClient | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._region: str | None = None
+        self._state: Literal["loading", "ready", "failed"] = "loading"
+        self._error: str | None = None
+
+    async def start(self) -> None:
+        # botocore's DEBUG records show request headers, session tokens included: credentials are never
+        # to be logged, whatever REWARD_LOG_LEVEL says.
+        botocore_log = logging.getLogger("botocore")
+        if botocore_log.getEffectiveLevel() < logging.INFO:
+            botocore_log.setLevel(logging.INFO)
+        try:
+            self._template = load_template(self._settings.bedrock_template)
+            self._client = await anyio.to_thread.run_sync(self._connect)
+        except Exception as exc:  # noqa: BLE001 - reported by /readyz and /scorers; other scorers keep serving
+            self._error = f"Bedrock is not usable: {exc}"
+            self._state = "failed"
+            log.error("scorer %s: %s", self.name, self._error)
+            return
+        self._pool = ThreadPoolExecutor(self._settings.bedrock_max_concurrency, thread_name_prefix=self.name)
+        self._state = "ready"
+        log.info(
+            "scorer %s ready: %s in %s, template %s, %d calls at once",
+            self.name,
+            self.model_id,
+            self._region,
+            self._template.name,
+            self._settings.bedrock_max_concurrency,
+        )
+
+    def _connect(self) -> BaseClient:
+        s = self._settings
+        session = boto3.session.Session()
+        # botocore reads AWS_DEFAULT_REGION and the profile but not AWS_REGION, which AWS runtimes set.
+        region = s.bedrock_region or os.environ.get("AWS_REGION") or session.region_name
+        if not region:
+            raise RuntimeError("no AWS region; set REWARD_BEDROCK_REGION, AWS_REGION or AWS_DEFAULT_REGION")
+        # Only whether credentials exist is checked (and never logged); a refusal surfaces per request.
+        if session.get_credentials() is None:
+            raise RuntimeError(
+                "no AWS credentials in the standard chain (environment, AWS_PROFILE and ~/.aws files, SSO, "
+                "container or instance role)"
+            )
+        self._region = region
+        config = Config(
+            region_name=region,
+            retries={"mode": "adaptive", "max_attempts": s.bedrock_max_attempts},
+            max_pool_connections=s.bedrock_max_concurrency,
+            connect_timeout=s.bedrock_connect_timeout_s,
+            read_timeout=s.bedrock_read_timeout_s,
+            user_agent_extra="rlaif-reward",
+        )
+        return session.client("bedrock-runtime", endpoint_url=s.bedrock_endpoint_url, config=config)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @property
+    def ready(self) -> bool:
+        return self._state == "ready"
+
+    def info(self) -> ScorerInfo:
+        return ScorerInfo(
+            name=self.name,
+            kind=self.kind,
+            model=self.model_id,
+            device=f"bedrock:{self._region}" if self._region else None,
+            state=self._state,
+            error=self._error,
+        )
+
+    async def score(self, texts: list[str], options: ScoreOptions) -> ScoreOutput:
+        pool, template = self._pool, self._template
+        if pool is None or template is None or not self.ready:
+            raise NotReady(
+                f"scorer '{self.name}' is not ready: {self._error or self._state}",
+                self._settings.retry_after_s,
+            )
+        keys = {text: (self.model_id, template.fingerprint, text) for text in texts}
+        answers: dict[str, float] = {}
+        for text, key in keys.items():
+            cached = self._cache.get(key)
+            if cached is not None:
+                answers[text] = cached
+        if answers:
+            self._metrics.cache_hits.labels(self.name).inc(len(answers))
+        todo = [text for text in keys if text not in answers]
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(
+            *(loop.run_in_executor(pool, self._judge, text, template, keys[text]) for text in todo),
+            return_exceptions=True,
+        )
+        failures: dict[str, JudgeFailure] = {}
+        for text, result in zip(todo, results, strict=True):
+            if isinstance(result, JudgeFailure):
+                failures[text] = result
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answers[text] = result
+        if failures:
+            raise self._request_error(texts, failures)
+        scale, offset = self._settings.bedrock_scale, self._settings.bedrock_offset
+        return ScoreOutput(scores=[answers[text] * scale + offset for text in texts])
+
+    def _request_error(self, texts: list[str], failures: dict[str, JudgeFailure]) -> UpstreamFailed:
+        """One error for the request: how many texts failed, grouped by reason with AWS's message."""
+        failed = sum(1 for text in texts if text in failures)
+        reasons = Counter(f.reason for f in failures.values())
+        example = {f.reason: f.message for f in failures.values()}
+        summary = "; ".join(f"{n} x {reason}: {example[reason]}" for reason, n in reasons.most_common())
+        detail = (
+            f"scorer '{self.name}' ({self.model_id}) could not score {failed} of {len(texts)} texts, "
+            f"so none are returned: {summary}"
+        )
+        log.warning("%s", detail)
+        if any(f.permanent for f in failures.values()):
+            return UpstreamRejected(detail)
+        timeouts_only = all(f.timeout for f in failures.values())
+        return UpstreamTimeout(detail) if timeouts_only else UpstreamFailed(detail)
+
+    def _judge(self, text: str, template: JudgeTemplate, key: tuple[str, str, str]) -> float:
+        """The judge's number for one text (worker thread); JudgeFailure when there is none.
+
+        Cached here rather than by the caller, so an answer is kept even when its request was cancelled.
+        """
+        try:
+            response = self._retrying()(self._converse, text, template)
+            value = self._read(response, template)
+        except JudgeFailure as failure:
+            self._metrics.judge_calls.labels(self.name, failure.reason).inc()
+            raise
+        except (ClientError, BotoCoreError) as exc:
+            failure = as_failure(exc)
+            self._metrics.judge_calls.labels(self.name, failure.reason).inc()
+            raise failure from exc
+        self._metrics.judge_calls.labels(self.name, "ok").inc()
+        self._cache.put(key, value)
+        return value
+
+    def _retrying(self) -> Retrying:
+        # A new controller per text: Retrying keeps per-call state and texts run on many threads.
+        return Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_delay(self._settings.bedrock_retry_total_s),
+            wait=wait_exponential(multiplier=0.5, max=8.0) + wait_random(0, 0.5),
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        self._metrics.judge_retries.labels(self.name).inc()
+
+    def _converse(self, text: str, template: JudgeTemplate) -> dict[str, Any]:
+        assert self._client is not None
+        request: dict[str, Any] = {
+            "modelId": self.model_id,
+            "system": [{"text": template.system}],
+            "messages": [{"role": "user", "content": [{"text": template.render(text)}]}],
+            # temperature only: newer Claude models reject temperature and topP together.
+            "inferenceConfig": {"temperature": 0.0, "maxTokens": self._settings.bedrock_max_tokens},
+        }
+        if self._settings.bedrock_use_tools:
+            request["toolConfig"] = {
+                "tools": [
+                    {
+                        "toolSpec": {
+                            "name": TOOL_NAME,
+                            "description": f"Record the score. {template.score_description}",
+                            "inputSchema": {"json": template.json_schema()},
+                        }
+                    }
+                ],
+                "toolChoice": {"tool": {"name": TOOL_NAME}},
+            }
+        return self._client.converse(**request)
+
+    def _read(self, response: dict[str, Any], template: JudgeTemplate) -> float:
+        """The number in a Converse reply: the forced tool's input, else parsed from the text."""
+        stop = str(response.get("stopReason", ""))
+        if stop in _WITHHELD:
+            # Deterministic at temperature 0: asking again gives the same refusal.
+            raise JudgeFailure(
+                stop, "Bedrock withheld the judge's answer (content filter or guardrail)", permanent=True
+            )
+        content = (response.get("output") or {}).get("message", {}).get("content") or []
+        try:
+            for block in content:
+                tool = block.get("toolUse")
+                if tool and tool.get("name") == TOOL_NAME:
+                    arguments = tool.get("input")
+                    if not isinstance(arguments, dict) or "score" not in arguments:
+                        raise MalformedReply(f"tool input {arguments!r} has no 'score'")
+                    return template.check(arguments["score"])
+            text = "".join(str(block.get("text", "")) for block in content)
+            if text.strip():
+                return parse_score_text(text, template)
+            raise MalformedReply("the reply has neither a tool call nor text")
+        except MalformedReply as exc:
+            hint = " (reply cut at REWARD_BEDROCK_MAX_TOKENS)" if stop == "max_tokens" else ""
+            raise JudgeFailure("malformed", f"{exc}; stopReason {stop!r}{hint}") from exc

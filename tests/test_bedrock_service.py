@@ -1,0 +1,79 @@
+"""The service over real HTTP with the Bedrock judge (fake Bedrock), RoBERTa and an ensemble of both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reward_service.app import create_app
+from tests.conftest import bedrock_settings, isolate_aws, service_settings
+from tests.fake_bedrock import FakeBedrock, error_reply
+from tests.live_server import serving
+
+LIKE, HATE = "I like you.", "You are terrible and i hate you."
+
+
+def test_persistent_upstream_failure_is_a_502_with_no_scores(fake_bedrock: FakeBedrock) -> None:
+    fake_bedrock.handler = lambda text, request: error_reply(
+        503, "ServiceUnavailableException", "Bedrock is unavailable"
+    )
+    with serving(create_app(bedrock_settings(fake_bedrock, bedrock_retry_total_s=0.5))) as server:
+        response = httpx.post(server.url + "/score", json={"texts": [LIKE, HATE, "third"]}, timeout=30)
+        metrics = httpx.get(server.url + "/metrics").text
+    assert response.status_code == 502
+    body = response.json()
+    assert set(body) == {"detail"}  # nothing that could be mistaken for scores
+    assert "could not score 3 of 3 texts" in body["detail"]
+    assert "ServiceUnavailableException: Bedrock is unavailable" in body["detail"]
+    assert (
+        'reward_judge_calls_total{outcome="ServiceUnavailableException",scorer="claude-bedrock"} 3.0'
+        in metrics
+    )
+
+
+def test_service_serves_roberta_when_bedrock_is_not_configured(
+    tiny_roberta: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    isolate_aws(monkeypatch, tmp_path)
+    settings = service_settings(tiny_roberta, scorers=["roberta-hate", "claude-bedrock"])
+    with serving(create_app(settings)) as server:
+        ready = httpx.get(server.url + "/readyz")
+        scorers = {info["name"]: info for info in httpx.get(server.url + "/scorers").json()["scorers"]}
+        scored = httpx.post(server.url + "/score", json={"texts": [LIKE]})
+        judged = httpx.post(server.url + "/score/claude-bedrock", json={"texts": [LIKE]})
+    assert ready.status_code == 200
+    assert "no AWS region" in ready.json()["scorers"]["claude-bedrock"]
+    assert scored.status_code == 200 and len(scored.json()["scores"]) == 1
+    judge = scorers["claude-bedrock"]
+    assert judge["state"] == "failed" and judge["ready"] is False
+    assert "no AWS region" in judge["error"] and "REWARD_BEDROCK_REGION" in judge["error"]
+    assert judged.status_code == 503 and "no AWS region" in judged.json()["detail"]
+
+
+def test_ensemble_is_the_weighted_sum_of_its_members_and_returns_them(
+    tiny_roberta: Path, fake_bedrock: FakeBedrock
+) -> None:
+    settings = service_settings(
+        tiny_roberta,
+        scorers=["roberta-hate", "claude-bedrock"],
+        ensembles="safety=roberta-hate:0.5,claude-bedrock:0.5",
+        bedrock_endpoint_url=fake_bedrock.url,
+    )
+    texts = [LIKE, HATE]
+    with serving(create_app(settings)) as server:
+        listed = httpx.get(server.url + "/scorers").json()["scorers"]
+        ensemble = httpx.post(server.url + "/score/safety", json={"texts": texts}).json()
+        roberta = httpx.post(server.url + "/score/roberta-hate", json={"texts": texts}).json()["scores"]
+        judge = httpx.post(server.url + "/score/claude-bedrock", json={"texts": texts}).json()["scores"]
+    safety = next(info for info in listed if info["name"] == "safety")
+    assert safety["kind"] == "ensemble" and safety["ready"] is True
+    assert ensemble["scorer"] == "safety" and ensemble["model"] == "0.5*roberta-hate + 0.5*claude-bedrock"
+    assert judge == [5.0, -4.0]
+    assert ensemble["members"]["claude-bedrock"] == judge
+    assert ensemble["members"]["roberta-hate"] == pytest.approx(roberta, abs=1e-4)
+    assert ensemble["scores"] == pytest.approx(
+        [0.5 * r + 0.5 * j for r, j in zip(roberta, judge, strict=True)], abs=1e-4
+    )
+    assert len(fake_bedrock.calls) == 2  # the judge's second request came from its cache
