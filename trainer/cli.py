@@ -29,7 +29,7 @@ EXIT_REWARD_SERVICE = 3
 
 
 def _setup_logging() -> None:
-    _setup_logging()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per reward call would drown the training progress.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 

@@ -159,6 +159,18 @@ class ResumeCounters(TrainerCallback):
         state.log_history = list(self.point.log_history)
 
 
+def load_optimizer_and_scheduler(trainer: PPOTrainer, checkpoint: Path) -> None:
+    """Restore the optimizer and LR schedule saved by TRL's (transformers') checkpointing."""
+    if trainer.is_deepspeed_enabled:
+        # DeepSpeed keeps its own sharded optimizer checkpoints, which TRL's PPO never writes.
+        raise NotImplementedError("--resume is not supported with DeepSpeed; see docs/trainer.md")
+    device = trainer.accelerator.device
+    trainer.optimizer.load_state_dict(
+        torch.load(checkpoint / "optimizer.pt", map_location=device, weights_only=True)
+    )
+    trainer.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+
+
 def find_resume_point(output_dir: str) -> ResumePoint:
     last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
     if last is None:
@@ -265,7 +277,7 @@ def build_trainer(
         # The schedule keeps its full length (built from total_episodes above); only the loop is shortened.
         full_steps = ppo_config.num_total_batches
         ppo_config.num_total_batches = max(0, full_steps - point.global_step)
-        trainer._load_optimizer_and_scheduler(str(point.checkpoint))
+        load_optimizer_and_scheduler(trainer, point.checkpoint)
         trainer.add_callback(ResumeCounters(point, full_steps))
         logger.info("resuming from %s at step %d of %d", point.checkpoint, point.global_step, full_steps)
     return trainer, point, splits
