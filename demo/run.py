@@ -3,7 +3,8 @@
 Builds the stand-ins under `.demo/` (a tiny RoBERTa hate classifier with the real label layout, a
 tiny GPT-2 policy, an hh-rlhf-shaped JSONL file), starts the reward service as a subprocess on a
 free loopback port, waits for /readyz, runs a short PPO training through it with
-`configs/demo.yaml`, prints the before/after report, and stops the service.
+`configs/demo.yaml`, prints the before/after report, and stops the service. Extra arguments are
+passed to the trainer (`python -m demo.run --total_episodes 320`).
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.kill()
 
 
-def main() -> int:
+def main(extra_args: list[str] | None = None) -> int:
+    """`extra_args` are trainer flags appended after the demo's own (they win)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     DEMO_DIR.mkdir(exist_ok=True)
     paths = build_stand_ins(DEMO_DIR)
@@ -110,6 +112,7 @@ def main() -> int:
                 str(DEMO_DIR / "run"),
                 "--reward_url",
                 url,
+                *(extra_args or []),
             ]
         )
     finally:
@@ -117,4 +120,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

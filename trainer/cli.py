@@ -32,6 +32,7 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per reward call would drown the training progress.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
 
 
 def _sampling(script_args: RLAIFArguments, ppo_config: PPOConfig) -> Sampling:
