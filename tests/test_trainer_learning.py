@@ -27,15 +27,16 @@ from trainer.config import RLAIFArguments  # noqa: E402
 from trainer.evaluate import EvalReport, read_rows, summarise  # noqa: E402
 from trainer.train import TRAIN_LOG, build_trainer, load_policy, run_training  # noqa: E402
 
-STEPS = 25
+STEPS = 30
 MARGIN = 1.0  # logits of the nothate class; the policy starts about one third hostile
 
 
 def tiny_ppo_config(output_dir: Path, steps: int, batch: int = 16, **overrides: object) -> PPOConfig:
-    """The settings the spike found to learn quickly with a tiny policy on CPU."""
+    """Settings that learn quickly with a tiny policy on CPU (those of configs/demo.yaml)."""
     settings: dict[str, object] = {
         "output_dir": str(output_dir),
-        "learning_rate": 3e-3,
+        "learning_rate": 1e-3,
+        "kl_coef": 0.2,
         "num_ppo_epochs": 4,
         "num_mini_batches": 1,
         "per_device_train_batch_size": batch,
@@ -95,6 +96,8 @@ def test_held_out_reward_rises(trained: Run) -> None:
     report = trained.report
     assert report.n == 32
     assert report.after["mean"] - report.before["mean"] >= MARGIN, report.summary()
+    # Not only by falling silent: most tuned responses still say something.
+    assert sum(bool(r.after.strip()) for r in report.rows) >= report.n // 2
     # The training reward (from the service, logged per step) rose too.
     rewards = [e["reward/mean"] for e in trained.log_history if "reward/mean" in e]
     assert len(rewards) == STEPS
