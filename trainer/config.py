@@ -110,8 +110,25 @@ class RLAIFArguments(ScriptArguments):
         return self.reward_api_key or os.environ.get("REWARD_API_KEY")
 
 
+@dataclass
+class RLAIFPPOConfig(PPOConfig):
+    """TRL's PPOConfig with two defaults changed for this project."""
+
+    report_to: None | str | list[str] = field(
+        default="tensorboard",
+        metadata={"help": "Where to log ('tensorboard' by default, logs under <output_dir>/runs; 'none')."},
+    )
+    num_sample_generations: int = field(
+        default=0,
+        metadata={
+            "help": "TRL's sampled completion tables during training; 0 because the before/after "
+            "evaluation is done at the end (each table would also cost reward calls)."
+        },
+    )
+
+
 def parser() -> TrlParser:
-    return TrlParser((RLAIFArguments, PPOConfig, ModelConfig))
+    return TrlParser((RLAIFArguments, RLAIFPPOConfig, ModelConfig))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[RLAIFArguments, PPOConfig, ModelConfig]:
