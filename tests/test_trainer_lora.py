@@ -1,0 +1,50 @@
+"""LoRA: reference = the adapter-disabled policy (no copy); the adapter is saved; `rlaif-eval` reads it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("peft")
+
+from peft import PeftModel  # noqa: E402
+from trl import ModelConfig  # noqa: E402
+
+from demo.hh_data import write_hh_jsonl  # noqa: E402
+from demo.tiny_policy import build_tiny_policy  # noqa: E402
+from tests.live_server import LiveServer  # noqa: E402
+from tests.test_trainer_learning import tiny_ppo_config  # noqa: E402
+from trainer.cli import eval_main  # noqa: E402
+from trainer.config import RLAIFArguments  # noqa: E402
+from trainer.train import build_trainer, run_training  # noqa: E402
+
+
+@pytest.mark.slow
+def test_lora_training_and_eval_cli(tmp_path: Path, live_service: LiveServer) -> None:
+    policy = build_tiny_policy(tmp_path / "policy")
+    data = write_hh_jsonl(tmp_path / "hh.jsonl", n=100)
+    out = tmp_path / "run"
+    lora = {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["c_attn", "c_fc"]}
+    script_args = RLAIFArguments(dataset_name=str(data), reward_url=live_service.url, skip_eval=True)
+    trainer, _, _ = build_trainer(
+        script_args,
+        tiny_ppo_config(out, steps=2, batch=4),
+        ModelConfig(model_name_or_path=str(policy), lora_task_type="CAUSAL_LM", **lora),
+    )
+    assert trainer.ref_model is None and isinstance(trainer.model.policy, PeftModel)
+    run_training(trainer)
+    assert (out / "adapter_config.json").exists()
+
+    code = eval_main(
+        [
+            "--model_name_or_path", str(policy), "--dataset_name", str(data), "--output_dir", str(out),
+            "--reward_url", live_service.url, "--eval_samples", "8", "--response_length", "8",
+            "--use_cpu", "true", "--bf16", "false",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == 8 and report["score_on"] == "query_response"
+    assert len((out / "responses.jsonl").read_text().splitlines()) == 8

@@ -1,0 +1,123 @@
+"""The reward service goes down mid-run: clear error and a checkpoint, then --resume finishes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("trl")
+
+from transformers import TrainerCallback  # noqa: E402
+from trl import ModelConfig  # noqa: E402
+
+from demo.hh_data import write_hh_jsonl  # noqa: E402
+from demo.tiny_policy import build_tiny_policy  # noqa: E402
+from reward_service.app import create_app  # noqa: E402
+from tests.conftest import service_settings  # noqa: E402
+from tests.live_server import LiveServer, free_port  # noqa: E402
+from tests.test_trainer_learning import tiny_ppo_config  # noqa: E402
+from trainer.cli import EXIT_REWARD_SERVICE, train_main  # noqa: E402
+from trainer.config import RLAIFArguments  # noqa: E402
+from trainer.train import VALUE_MODEL_DIR, TrainingInterrupted, build_trainer, run_training  # noqa: E402
+
+STOP_AT = 3
+STEPS = 6
+
+
+class StopServiceAfter(TrainerCallback):
+    """Takes the reward service down once `step` PPO steps are done."""
+
+    def __init__(self, server: LiveServer, step: int) -> None:
+        self.server, self.step = server, step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            self.server.stop()
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("resume")
+    return build_tiny_policy(root / "policy"), write_hh_jsonl(root / "hh.jsonl", n=120)
+
+
+def _args(data: Path, url: str, **overrides: Any) -> RLAIFArguments:
+    return RLAIFArguments(
+        dataset_name=str(data),
+        reward_url=url,
+        score_on="response",
+        reward_max_wait_s=3.0,
+        reward_max_attempts=3,
+        skip_eval=True,
+        **overrides,
+    )
+
+
+@pytest.mark.slow
+def test_service_down_mid_run_then_resume(tmp_path: Path, tiny_roberta: Path, stand_ins) -> None:
+    policy, data = stand_ins
+    out = tmp_path / "run"
+    model_config = ModelConfig(model_name_or_path=str(policy))
+    ppo = dict(batch=8, save_strategy="steps", save_steps=2)
+
+    first = LiveServer(create_app(service_settings(tiny_roberta))).start()
+    trainer, _, _ = build_trainer(_args(data, first.url), tiny_ppo_config(out, STEPS, **ppo), model_config)
+    trainer.add_callback(StopServiceAfter(first, STOP_AT))
+    with pytest.raises(TrainingInterrupted) as caught:
+        run_training(trainer)
+    message = str(caught.value)
+    assert f"stopped at step {STOP_AT}" in message and "--resume" in message
+    assert "reward service did not answer" in message  # the client's own reason is kept
+    checkpoint = caught.value.checkpoint
+    assert checkpoint == out / f"checkpoint-{STOP_AT}"
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"):
+        assert (checkpoint / name).exists(), name
+    assert (checkpoint / VALUE_MODEL_DIR / "model.safetensors").exists()
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    # No step ran on missing rewards: exactly STOP_AT steps were logged, each with service scores.
+    assert state["global_step"] == STOP_AT
+    assert len([e for e in state["log_history"] if "reward/mean" in e]) == STOP_AT
+
+    second = LiveServer(create_app(service_settings(tiny_roberta))).start()
+    try:
+        resumed, point, _ = build_trainer(
+            _args(data, second.url, resume=True), tiny_ppo_config(out, STEPS, **ppo), model_config
+        )
+        assert point is not None and point.checkpoint == checkpoint and point.global_step == STOP_AT
+        assert resumed.lr_scheduler.state_dict()["last_epoch"] == STOP_AT
+        assert len(resumed.optimizer.state_dict()["state"]) > 0  # Adam moments came back
+        result = run_training(resumed)
+    finally:
+        second.stop()
+    assert result.global_step == STEPS
+    steps = [e["step"] for e in result.log_history if "reward/mean" in e]
+    assert steps == list(range(1, STEPS + 1))
+    assert (out / "model.safetensors").exists()
+
+
+def test_cli_exits_with_a_clear_error_when_the_service_is_down(
+    tmp_path: Path, stand_ins, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy, data = stand_ins
+    out = tmp_path / "run"
+    code = train_main(
+        [
+            "--model_name_or_path", str(policy),
+            "--dataset_name", str(data),
+            "--output_dir", str(out),
+            "--reward_url", f"http://127.0.0.1:{free_port()}",
+            "--reward_max_wait_s", "1", "--reward_max_attempts", "2",
+            "--score_on", "response",
+            "--per_device_train_batch_size", "4", "--total_episodes", "8",
+            "--response_length", "4", "--num_sample_generations", "0",
+            "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false",
+            "--report_to", "none",
+        ]
+    )  # fmt: skip
+    assert code == EXIT_REWARD_SERVICE
+    err = capsys.readouterr().err
+    assert "reward service" in err and "--resume" in err and "ConnectError" in err
+    assert (out / "checkpoint-0" / VALUE_MODEL_DIR).is_dir()

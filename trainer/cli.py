@@ -1,0 +1,173 @@
+"""`rlaif-train` and `rlaif-eval`: thin entry points over the dataclass arguments."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl.experimental.ppo import PPOConfig
+
+from shared.errors import RewardClientError
+from trainer.config import RLAIFArguments, parse_args
+from trainer.evaluate import EvalReport, Sampling, evaluate_policies, write_report
+from trainer.train import (
+    TRAIN_LOG,
+    TrainingInterrupted,
+    build_trainer,
+    load_policy,
+    load_tokenizer,
+    reward_client,
+    run_training,
+)
+
+EXIT_REWARD_SERVICE = 3
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per reward call would drown the training progress.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+
+
+def _sampling(script_args: RLAIFArguments, ppo_config: PPOConfig) -> Sampling:
+    # The same sampling as the PPO rollouts (top_k 0, top_p 1.0, TRL's temperature and length).
+    return Sampling(
+        max_new_tokens=ppo_config.response_length,
+        temperature=ppo_config.temperature,
+        seed=ppo_config.seed,
+        batch_size=script_args.eval_batch_size,
+    )
+
+
+def run_evaluation(
+    script_args: RLAIFArguments,
+    ppo_config: PPOConfig,
+    before: PreTrainedModel,
+    after: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: list[list[int]],
+    log_history: list[dict[str, Any]],
+    before_adapter_disabled: bool = False,
+) -> EvalReport:
+    with reward_client(script_args) as client:
+        report = evaluate_policies(
+            before,
+            after,
+            tokenizer,
+            prompt_ids[: script_args.eval_samples],
+            client,
+            _sampling(script_args, ppo_config),
+            scorer=script_args.eval_scorer or script_args.reward_scorer,
+            score_on=script_args.score_on,
+            before_adapter_disabled=before_adapter_disabled,
+        )
+    write_report(report, ppo_config.output_dir, log_history)
+    return report
+
+
+def _print_report(report: EvalReport, output_dir: str) -> None:
+    print(json.dumps(report.summary(), indent=2))
+    print(f"report: {Path(output_dir) / 'report.md'}")
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """Train with PPO against the reward service, then evaluate before/after."""
+    _setup_logging()
+    script_args, ppo_config, model_config = parse_args(argv)
+    trainer, _, splits = build_trainer(script_args, ppo_config, model_config)
+    try:
+        result = run_training(trainer)
+    except TrainingInterrupted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REWARD_SERVICE
+    if script_args.skip_eval or not trainer.accelerator.is_main_process:
+        return 0
+    tuned = trainer.accelerator.unwrap_model(trainer.model).policy
+    lora = trainer.is_peft_model
+    # With LoRA the original policy is the same model with its adapter disabled.
+    original = (
+        tuned
+        if lora
+        else load_policy(model_config.model_name_or_path, trainer.processing_class, model_config)
+    )
+    original.to(tuned.device)
+    try:
+        report = run_evaluation(
+            script_args,
+            ppo_config,
+            original,
+            tuned,
+            trainer.processing_class,
+            splits["test"]["input_ids"],
+            result.log_history,
+            before_adapter_disabled=lora,
+        )
+    except RewardClientError as exc:
+        print(f"error: training finished and was saved, but evaluation failed: {exc}", file=sys.stderr)
+        return EXIT_REWARD_SERVICE
+    _print_report(report, ppo_config.output_dir)
+    return 0
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """Compare the original policy with a tuned one (default: --output_dir) on the held-out split."""
+    from trainer.data import build_splits
+
+    _setup_logging()
+    script_args, ppo_config, model_config = parse_args(argv)
+    tuned_path = Path(script_args.eval_model or ppo_config.output_dir)
+    base = model_config.model_name_or_path
+    assert base
+    tokenizer = load_tokenizer(
+        str(tuned_path) if (tuned_path / "tokenizer_config.json").exists() else base, model_config
+    )
+    lora = (tuned_path / "adapter_config.json").exists()
+    if lora:
+        tuned = load_policy(base, tokenizer, model_config, adapter=str(tuned_path))
+        original = tuned
+    else:
+        tuned = load_policy(str(tuned_path), tokenizer, model_config)
+        original = load_policy(base, tokenizer, model_config)
+    splits = build_splits(
+        script_args.dataset_name or "Anthropic/hh-rlhf",
+        tokenizer,
+        split=script_args.dataset_train_split,
+        config=script_args.dataset_config,
+        min_chars=script_args.min_dialogue_chars,
+        max_chars=script_args.max_dialogue_chars,
+        max_prompt_tokens=script_args.max_prompt_tokens,
+        test_size=script_args.test_size,
+        seed=ppo_config.seed,
+    )
+    log_path = Path(ppo_config.output_dir) / TRAIN_LOG
+    log_history = json.loads(log_path.read_text()) if log_path.exists() else []
+    try:
+        report = run_evaluation(
+            script_args,
+            ppo_config,
+            original,
+            tuned,
+            tokenizer,
+            splits["test"]["input_ids"],
+            log_history,
+            lora,
+        )
+    except RewardClientError as exc:
+        print(f"error: evaluation failed: {exc}", file=sys.stderr)
+        return EXIT_REWARD_SERVICE
+    _print_report(report, ppo_config.output_dir)
+    return 0
+
+
+def main() -> None:
+    sys.exit(train_main())
+
+
+def main_eval() -> None:
+    sys.exit(eval_main())

@@ -1,0 +1,141 @@
+"""Arguments, parsed like TRL's own scripts: `TrlParser((RLAIFArguments, PPOConfig, ModelConfig))`.
+
+Every knob is a dataclass field with a help string, so it is a CLI flag, a YAML key
+(`--config configs/x.yaml`) and documentation at once. TRL's `PPOConfig` brings the PPO and
+generation flags (`--output_dir`, `--total_episodes`, `--learning_rate`, `--response_length`...),
+`ModelConfig` the model and LoRA flags (`--model_name_or_path`, `--use_peft`, `--lora_r`...).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from trl import ModelConfig, ScriptArguments, TrlParser
+from trl.experimental.ppo import PPOConfig
+
+
+@dataclass
+class RLAIFArguments(ScriptArguments):
+    """Dataset, reward service and evaluation settings (TRL's `ScriptArguments` plus ours)."""
+
+    dataset_name: str | None = field(
+        default="Anthropic/hh-rlhf",
+        metadata={
+            "help": "Hub id (e.g. Anthropic/hh-rlhf) or a local JSON/JSONL/parquet file or directory "
+            "with the same `chosen`/`rejected` columns."
+        },
+    )
+    reward_url: str = field(
+        default="http://127.0.0.1:8000",
+        metadata={
+            "help": "Reward service base URL, or several separated by commas: the client spreads "
+            "requests over them and fails over."
+        },
+    )
+    reward_scorer: str | None = field(
+        default=None,
+        metadata={"help": "Scorer used for the training reward (default: the server's default)."},
+    )
+    reward_api_key: str | None = field(
+        default=None, metadata={"help": "Bearer key for the reward service (default: env REWARD_API_KEY)."}
+    )
+    score_on: Literal["query_response", "response"] = field(
+        default="query_response",
+        metadata={
+            "help": "Score query + response concatenated (as in the reference article) or the response alone."
+        },
+    )
+    value_model_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Critic backbone (default: the policy's). A smaller model with the same tokenizer "
+            "saves memory with 8B policies."
+        },
+    )
+    reward_timeout_s: float = field(default=60.0, metadata={"help": "Timeout of one reward request."})
+    reward_max_wait_s: float = field(
+        default=120.0,
+        metadata={
+            "help": "How long the client keeps retrying an unreachable service before training stops "
+            "(after saving a checkpoint)."
+        },
+    )
+    reward_max_attempts: int = field(
+        default=8, metadata={"help": "Most attempts per reward call before training stops."}
+    )
+    min_dialogue_chars: int = field(
+        default=100, metadata={"help": "Keep dialogues strictly longer than this many characters."}
+    )
+    max_dialogue_chars: int = field(
+        default=500, metadata={"help": "Keep dialogues at most this many characters long."}
+    )
+    max_prompt_tokens: int = field(
+        default=1024, metadata={"help": "Drop prompts longer than this many tokens after templating."}
+    )
+    test_size: float = field(
+        default=0.2, metadata={"help": "Share of the prompts held out for evaluation (never trained on)."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many training prompts (quick runs)."}
+    )
+    eval_samples: int = field(
+        default=100, metadata={"help": "Held-out prompts generated and scored before/after training."}
+    )
+    eval_scorer: str | None = field(
+        default=None,
+        metadata={"help": "Scorer for the before/after evaluation (default: the training reward's scorer)."},
+    )
+    eval_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "rlaif-eval: tuned policy (full model or LoRA adapter) to compare "
+            "(default: --output_dir)."
+        },
+    )
+    eval_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch in evaluation."})
+    skip_eval: bool = field(
+        default=False, metadata={"help": "Do not run the before/after evaluation at the end of training."}
+    )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Continue from the last checkpoint in --output_dir (weights, optimizer, step count)."
+        },
+    )
+
+    def api_key(self) -> str | None:
+        return self.reward_api_key or os.environ.get("REWARD_API_KEY")
+
+
+@dataclass
+class RLAIFPPOConfig(PPOConfig):
+    """TRL's PPOConfig with two defaults changed for this project."""
+
+    report_to: None | str | list[str] = field(
+        default="tensorboard",
+        metadata={"help": "Where to log ('tensorboard' by default, logs under <output_dir>/runs; 'none')."},
+    )
+    num_sample_generations: int = field(
+        default=0,
+        metadata={
+            "help": "TRL's sampled completion tables during training; 0 because the before/after "
+            "evaluation is done at the end (each table would also cost reward calls)."
+        },
+    )
+
+
+def parser() -> TrlParser:
+    return TrlParser((RLAIFArguments, RLAIFPPOConfig, ModelConfig))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[RLAIFArguments, PPOConfig, ModelConfig]:
+    """Parse flags and an optional `--config x.yaml` (flags win over the file)."""
+    script_args, ppo_config, model_config = parser().parse_args_and_config(
+        args=list(argv) if argv is not None else None
+    )
+    if not model_config.model_name_or_path:
+        raise SystemExit("--model_name_or_path is required (a hub id or a local directory)")
+    return script_args, ppo_config, model_config

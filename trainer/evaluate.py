@@ -1,0 +1,290 @@
+"""Before/after evaluation on held-out prompts, as in the reference article, done properly.
+
+Both policies generate for the same prompts with the same sampling settings and seed; the responses
+are scored through the service (optionally by another scorer than the training reward) and written
+with the figures: `responses.jsonl`, `report.json`, `report.md`, and PNG plots.
+
+change_pct = 100 * (after - before) / |before|, for the mean and for the std of the scores.
+Rewards are "higher is less toxic", so a positive mean change is an improvement; the absolute value
+in the denominator keeps that sign meaning when `before` is negative (the article divided by the raw
+value, which flips the sign for negative rewards). It is null when `before` is 0.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from shared.client import RewardClient
+from shared.schemas import ScoreOn, ScoreResponse
+
+CHANGE_PCT_FORMULA = "change_pct = 100 * (after - before) / abs(before); null when before == 0"
+HATE_LABEL = "hate"
+EXAMPLES_IN_REPORT = 10
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int
+    temperature: float
+    seed: int
+    top_k: int = 0
+    top_p: float = 1.0
+    batch_size: int = 16
+
+
+@dataclass
+class EvalRow:
+    query: str
+    before: str
+    before_score: float
+    after: str
+    after_score: float
+    before_hate: float | None = None
+    after_hate: float | None = None
+
+
+@dataclass
+class EvalReport:
+    scorer: str
+    score_on: str
+    n: int
+    before: dict[str, float]
+    after: dict[str, float]
+    change_pct: dict[str, float | None]
+    change_pct_formula: str
+    hate_share: dict[str, float] | None
+    sampling: dict[str, Any]
+    rows: list[EvalRow] = field(repr=False, default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("rows")
+        return data
+
+
+@torch.no_grad()
+def generate_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: Sequence[Sequence[int]],
+    sampling: Sampling,
+    adapter_disabled: bool = False,
+) -> list[str]:
+    """Batched sampling (left-padded prompts); the RNG is reseeded so both policies draw alike."""
+    torch.manual_seed(sampling.seed)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    context: AbstractContextManager[Any] = model.disable_adapter() if adapter_disabled else nullcontext()
+    responses: list[str] = []
+    with context:
+        for start in range(0, len(prompt_ids), sampling.batch_size):
+            chunk = [{"input_ids": list(ids)} for ids in prompt_ids[start : start + sampling.batch_size]]
+            batch = tokenizer.pad(chunk, padding=True, return_tensors="pt", padding_side="left").to(device)
+            output = model.generate(
+                **batch,
+                do_sample=True,
+                max_new_tokens=sampling.max_new_tokens,
+                temperature=sampling.temperature,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            responses.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    model.train(was_training)
+    return responses
+
+
+def _hate_probs(result: ScoreResponse) -> list[float] | None:
+    if result.labels is None or any(HATE_LABEL not in item for item in result.labels):
+        return None
+    return [item[HATE_LABEL].probability for item in result.labels]
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values)}
+
+
+def change_pct(before: float, after: float) -> float | None:
+    return None if before == 0 else 100.0 * (after - before) / abs(before)
+
+
+def summarise(rows: list[EvalRow], scorer: str, score_on: str, sampling: dict[str, Any]) -> EvalReport:
+    """The report's figures, from the rows alone (the evaluation test recomputes them this way)."""
+    before = _stats([r.before_score for r in rows])
+    after = _stats([r.after_score for r in rows])
+    hate_share = None
+    if all(r.before_hate is not None and r.after_hate is not None for r in rows):
+        hate_share = {
+            "before": sum(r.before_hate > 0.5 for r in rows) / len(rows),  # type: ignore[operator]
+            "after": sum(r.after_hate > 0.5 for r in rows) / len(rows),  # type: ignore[operator]
+        }
+    return EvalReport(
+        scorer=scorer,
+        score_on=score_on,
+        n=len(rows),
+        before=before,
+        after=after,
+        change_pct={k: change_pct(before[k], after[k]) for k in ("mean", "std")},
+        change_pct_formula=CHANGE_PCT_FORMULA,
+        hate_share=hate_share,
+        sampling=sampling,
+        rows=rows,
+    )
+
+
+def evaluate_policies(
+    before_model: PreTrainedModel,
+    after_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: Sequence[Sequence[int]],
+    client: RewardClient,
+    sampling: Sampling,
+    *,
+    scorer: str | None = None,
+    score_on: ScoreOn = "query_response",
+    before_adapter_disabled: bool = False,
+) -> EvalReport:
+    """Generate with both policies, score through the service, summarise.
+
+    With LoRA, pass the same PeftModel twice and `before_adapter_disabled=True`: the original policy is
+    the base with the adapter switched off, so no second copy of an 8B model is loaded.
+    """
+    queries = [tokenizer.decode(ids, skip_special_tokens=True) for ids in prompt_ids]
+    before = generate_responses(before_model, tokenizer, prompt_ids, sampling, before_adapter_disabled)
+    after = generate_responses(after_model, tokenizer, prompt_ids, sampling)
+    scored_before = client.score(
+        queries=queries, responses=before, scorer=scorer, score_on=score_on, return_labels=True
+    )
+    scored_after = client.score(
+        queries=queries, responses=after, scorer=scorer, score_on=score_on, return_labels=True
+    )
+    hate_before, hate_after = _hate_probs(scored_before), _hate_probs(scored_after)
+    rows = [
+        EvalRow(
+            query=queries[i],
+            before=before[i],
+            before_score=scored_before.scores[i],
+            after=after[i],
+            after_score=scored_after.scores[i],
+            before_hate=hate_before[i] if hate_before else None,
+            after_hate=hate_after[i] if hate_after else None,
+        )
+        for i in range(len(queries))
+    ]
+    return summarise(rows, scored_before.scorer, score_on, asdict(sampling))
+
+
+def read_rows(path: str | Path) -> list[EvalRow]:
+    with Path(path).open(encoding="utf-8") as fh:
+        return [EvalRow(**json.loads(line)) for line in fh if line.strip()]
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "<br>").strip() or "(empty)"
+
+
+def _fmt(value: float | None, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:+.2f}{suffix}"
+
+
+def render_markdown(report: EvalReport) -> str:
+    lines = [
+        "# Before/after evaluation",
+        "",
+        f"Scorer `{report.scorer}` on `{report.score_on}`, {report.n} held-out prompts; reward = higher is "
+        "less toxic.",
+        "",
+        "| | before | after | change_pct |",
+        "|---|---|---|---|",
+        f"| mean | {report.before['mean']:.4f} | {report.after['mean']:.4f} | "
+        f"{_fmt(report.change_pct['mean'], '%')} |",
+        f"| std | {report.before['std']:.4f} | {report.after['std']:.4f} | "
+        f"{_fmt(report.change_pct['std'], '%')} |",
+        "",
+        f"`{report.change_pct_formula}`",
+        "",
+    ]
+    if report.hate_share is not None:
+        lines += [
+            f"Share labelled hateful (p(hate) > 0.5): before {report.hate_share['before']:.1%}, "
+            f"after {report.hate_share['after']:.1%}.",
+            "",
+        ]
+    lines += [
+        "## Examples",
+        "",
+        "| query | response before | score | response after | score |",
+        "|---|---|---|---|---|",
+    ]
+    for row in report.rows[:EXAMPLES_IN_REPORT]:
+        lines.append(
+            f"| {_md_cell(row.query)} | {_md_cell(row.before)} | {row.before_score:.3f} | "
+            f"{_md_cell(row.after)} | {row.after_score:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def training_rewards(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """(step, mean reward) per logged training step."""
+    points = []
+    for step, entry in enumerate((e for e in log_history if "reward/mean" in e), start=1):
+        points.append((int(entry.get("step", step)), float(entry["reward/mean"])))
+    return points
+
+
+def write_plots(report: EvalReport, log_history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    written = []
+    points = training_rewards(log_history)
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".")
+        ax.set_xlabel("PPO step")
+        ax.set_ylabel("mean reward")
+        ax.set_title("Reward per training step")
+        fig.tight_layout()
+        fig.savefig(out_dir / "reward_per_step.png", dpi=100)
+        plt.close(fig)
+        written.append(out_dir / "reward_per_step.png")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    before = [r.before_score for r in report.rows]
+    after = [r.after_score for r in report.rows]
+    ax.hist([before, after], bins=20, label=["before", "after"])
+    ax.set_xlabel(f"score ({report.scorer})")
+    ax.set_ylabel("responses")
+    ax.set_title("Held-out scores before and after training")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "score_distribution.png", dpi=100)
+    plt.close(fig)
+    written.append(out_dir / "score_distribution.png")
+    return written
+
+
+def write_report(report: EvalReport, out_dir: str | Path, log_history: list[dict[str, Any]]) -> list[Path]:
+    """Write responses.jsonl, report.json, report.md and the plots into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "responses.jsonl").open("w", encoding="utf-8") as fh:
+        for row in report.rows:
+            fh.write(json.dumps(asdict(row)) + "\n")
+    (out / "report.json").write_text(json.dumps(report.summary(), indent=2))
+    (out / "report.md").write_text(render_markdown(report))
+    plots = write_plots(report, log_history, out)
+    return [out / "responses.jsonl", out / "report.json", out / "report.md", *plots]

@@ -1,0 +1,309 @@
+"""PPO training with TRL 1.12, rewards from the reward service.
+
+Reads top to bottom like TRL's `examples/scripts/ppo/ppo.py`: model & tokenizer, dataset, reward
+client, training, save, evaluation. What is ours: the reward bridge, per-step reward logging, the
+value model in checkpoints, `--resume`, and stopping cleanly (checkpoint first) when the reward
+service stays unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+from trl import ModelConfig, get_peft_config
+from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+from shared.client import RetryPolicy, RewardClient
+from shared.errors import RewardClientError
+from trainer import reward_bridge
+from trainer.config import RLAIFArguments
+from trainer.data import build_splits
+
+logger = logging.getLogger(__name__)
+
+VALUE_MODEL_DIR = "value_model"
+TRAIN_LOG = "train_log.json"
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped early (reward service unreachable); a checkpoint was saved first."""
+
+    def __init__(self, message: str, checkpoint: Path | None) -> None:
+        self.checkpoint = checkpoint
+        super().__init__(message)
+
+
+# Model & Tokenizer -----------------------------------------------------------------------------
+
+
+def load_tokenizer(name_or_path: str, model_config: ModelConfig) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(
+        name_or_path,
+        revision=model_config.model_revision,
+        trust_remote_code=getattr(model_config, "trust_remote_code", False),
+        padding_side="left",  # PPO generates after the prompt
+    )
+    if tokenizer.pad_token is None:
+        # TRL's PPO marks "no token here" with pad; eos must stay distinguishable, so add a pad token.
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    return tokenizer
+
+
+def _model_kwargs(model_config: ModelConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "revision": model_config.model_revision,
+        "trust_remote_code": getattr(model_config, "trust_remote_code", False),
+        "attn_implementation": model_config.attn_implementation,
+    }
+    if model_config.dtype not in (None, "auto"):
+        kwargs["dtype"] = getattr(torch, model_config.dtype)
+    elif model_config.dtype == "auto":
+        kwargs["dtype"] = "auto"
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _fit_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def load_policy(
+    path: str, tokenizer: PreTrainedTokenizerBase, model_config: ModelConfig, adapter: str | None = None
+) -> PreTrainedModel:
+    """The causal policy; with `adapter`, the base at `path` plus a trainable LoRA adapter from there."""
+    model = _fit_vocab(AutoModelForCausalLM.from_pretrained(path, **_model_kwargs(model_config)), tokenizer)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    return model
+
+
+def load_value_model(
+    path: str, tokenizer: PreTrainedTokenizerBase, model_config: ModelConfig
+) -> PreTrainedModel:
+    """The critic: the same (or a smaller, same-tokenizer) backbone with a one-output head."""
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, **_model_kwargs(model_config)
+    )
+    return _fit_vocab(model, tokenizer)
+
+
+def reward_client(args: RLAIFArguments) -> RewardClient:
+    retry = RetryPolicy(max_attempts=args.reward_max_attempts, max_total_s=args.reward_max_wait_s)
+    return RewardClient(args.reward_url, api_key=args.api_key(), timeout_s=args.reward_timeout_s, retry=retry)
+
+
+# Checkpoints -----------------------------------------------------------------------------------
+
+
+class ValueModelCheckpoint(TrainerCallback):
+    """TRL saves only the policy in a checkpoint; the critic is needed to resume, so save it beside."""
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        model = kwargs.get("model")
+        if model is None or not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}" / VALUE_MODEL_DIR
+        model.value_model.save_pretrained(folder)
+
+
+@dataclass
+class ResumePoint:
+    checkpoint: Path
+    global_step: int
+    episode: int
+    log_history: list[dict[str, Any]]
+
+    @classmethod
+    def read(cls, checkpoint: Path) -> ResumePoint:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        return cls(checkpoint, state["global_step"], state.get("episode", 0), state.get("log_history", []))
+
+
+class ResumeCounters(TrainerCallback):
+    """TRL's `train()` restarts its counters at 0; put the resumed step, episode and history back."""
+
+    def __init__(self, point: ResumePoint, max_steps: int) -> None:
+        self.point = point
+        self.max_steps = max_steps
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        state.global_step = self.point.global_step
+        state.episode = self.point.episode
+        state.max_steps = self.max_steps
+        state.log_history = list(self.point.log_history)
+
+
+def load_optimizer_and_scheduler(trainer: PPOTrainer, checkpoint: Path) -> None:
+    """Restore the optimizer and LR schedule saved by TRL's (transformers') checkpointing."""
+    if trainer.is_deepspeed_enabled:
+        # DeepSpeed keeps its own sharded optimizer checkpoints, which TRL's PPO never writes.
+        raise NotImplementedError("--resume is not supported with DeepSpeed; see docs/trainer.md")
+    device = trainer.accelerator.device
+    trainer.optimizer.load_state_dict(
+        torch.load(checkpoint / "optimizer.pt", map_location=device, weights_only=True)
+    )
+    trainer.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+
+
+def find_resume_point(output_dir: str) -> ResumePoint:
+    last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if last is None:
+        raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output_dir}")
+    return ResumePoint.read(Path(last))
+
+
+# Training --------------------------------------------------------------------------------------
+
+
+class RemoteRewardPPOTrainer(PPOTrainer):
+    """TRL's PPOTrainer, plus the reward service's per-step figures in every log line."""
+
+    reward_model: reward_bridge.RemoteRewardModel
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        super().log({**logs, **self.reward_model.stats.pop()}, *args, **kwargs)
+
+    def save_checkpoint_now(self) -> Path:
+        """Save what TRL saves (policy, optimizer, scheduler, state) plus the value model."""
+        self._save_checkpoint(self.model, trial=None)
+        self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+        return Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+
+
+@dataclass
+class TrainingResult:
+    output_dir: Path
+    global_step: int
+    log_history: list[dict[str, Any]]
+
+
+def build_trainer(
+    script_args: RLAIFArguments,
+    ppo_config: PPOConfig,
+    model_config: ModelConfig,
+) -> tuple[RemoteRewardPPOTrainer, ResumePoint | None, Any]:
+    """Everything up to `train()`: models, data, reward bridge, and the resume state if asked."""
+    reward_bridge.install()
+    base = model_config.model_name_or_path
+    assert base, "model_name_or_path is required"
+    point = find_resume_point(ppo_config.output_dir) if script_args.resume else None
+    tokenizer = load_tokenizer(base, model_config)
+
+    peft_config = get_peft_config(model_config)
+    if point is None:
+        policy = load_policy(base, tokenizer, model_config)
+        value_model = load_value_model(script_args.value_model_path or base, tokenizer, model_config)
+    elif peft_config is not None:
+        policy = load_policy(base, tokenizer, model_config, adapter=str(point.checkpoint))
+        peft_config = None  # the adapter comes from the checkpoint
+        value_model = load_value_model(str(point.checkpoint / VALUE_MODEL_DIR), tokenizer, model_config)
+    else:
+        policy = load_policy(str(point.checkpoint), tokenizer, model_config)
+        value_model = load_value_model(str(point.checkpoint / VALUE_MODEL_DIR), tokenizer, model_config)
+    # The KL reference is always the original policy, also on resume; with LoRA it is the base
+    # with the adapter disabled (TRL's default when ref_model is None), so no second copy.
+    use_lora = peft_config is not None or model_config.use_peft
+    ref_policy = None if use_lora else load_policy(base, tokenizer, model_config)
+
+    # Dataset
+    splits = build_splits(
+        script_args.dataset_name or "Anthropic/hh-rlhf",
+        tokenizer,
+        split=script_args.dataset_train_split,
+        config=script_args.dataset_config,
+        min_chars=script_args.min_dialogue_chars,
+        max_chars=script_args.max_dialogue_chars,
+        max_prompt_tokens=script_args.max_prompt_tokens,
+        test_size=script_args.test_size,
+        seed=ppo_config.seed,
+    )
+    train_set = splits["train"]
+    if script_args.max_train_samples is not None:
+        train_set = train_set.select(range(min(script_args.max_train_samples, len(train_set))))
+    # TRL's PPO only reads `input_ids`; it would also sample completions from eval_dataset, which we
+    # leave to our own before/after evaluation (num_sample_generations=0 in the shipped configs).
+    eval_set = splits["test"]
+    columns = ["dialogue", "prompt"]
+
+    client = reward_client(script_args)
+    reward_model = reward_bridge.RemoteRewardModel(
+        client, tokenizer, scorer=script_args.reward_scorer, score_on=script_args.score_on
+    )
+    # One service call per rollout batch: TRL calls get_reward once per forward chunk.
+    ppo_config.local_rollout_forward_batch_size = max(
+        ppo_config.local_rollout_forward_batch_size,
+        ppo_config.per_device_train_batch_size * ppo_config.gradient_accumulation_steps,
+    )
+    callbacks: list[TrainerCallback] = [ValueModelCheckpoint()]
+    trainer = RemoteRewardPPOTrainer(
+        args=ppo_config,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=ref_policy,
+        reward_model=reward_model,
+        value_model=value_model,
+        train_dataset=train_set.remove_columns(columns),
+        eval_dataset=eval_set.remove_columns(columns),
+        callbacks=callbacks,
+        peft_config=peft_config,
+    )
+    if point is not None:
+        # The schedule keeps its full length (built from total_episodes above); only the loop is shortened.
+        full_steps = ppo_config.num_total_batches
+        ppo_config.num_total_batches = max(0, full_steps - point.global_step)
+        load_optimizer_and_scheduler(trainer, point.checkpoint)
+        trainer.add_callback(ResumeCounters(point, full_steps))
+        logger.info("resuming from %s at step %d of %d", point.checkpoint, point.global_step, full_steps)
+    return trainer, point, splits
+
+
+def run_training(trainer: RemoteRewardPPOTrainer) -> TrainingResult:
+    """`train()`, then the final save; on a reward-service failure, checkpoint and raise."""
+    output_dir = Path(trainer.args.output_dir)
+    try:
+        trainer.train()
+    except RewardClientError as exc:
+        checkpoint = trainer.save_checkpoint_now()
+        _write_log(output_dir, trainer.state.log_history)
+        raise TrainingInterrupted(
+            f"training stopped at step {trainer.state.global_step}: the reward service failed ({exc}). "
+            f"No step was trained without rewards. Checkpoint saved to {checkpoint}; "
+            "start the service and rerun with --resume to continue.",
+            checkpoint,
+        ) from exc
+    finally:
+        trainer.reward_model.client.close()
+    trainer.save_model(str(output_dir))
+    _write_log(output_dir, trainer.state.log_history)
+    return TrainingResult(output_dir, trainer.state.global_step, trainer.state.log_history)
+
+
+def _write_log(output_dir: Path, log_history: list[dict[str, Any]]) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / TRAIN_LOG).write_text(json.dumps(log_history, indent=1))
