@@ -204,7 +204,8 @@ def test_trainer_waits_for_a_healthy_reward_service_and_calls_it() -> None:
     assert trainer["environment"]["REWARD_URL"] == "http://reward:8000"
     argv = trainer_argv(model)
     assert flag(argv, "--reward_url") == "$REWARD_URL"
-    assert flag(argv, "--config") == "configs/qwen2.5-0.5b.yaml"
+    assert flag(argv, "--config") == "configs/qwen25_05b.yaml"
+    assert (ROOT / flag(argv, "--config")).is_file()  # the default config really ships
     workdir = dockerfile_workdir(DOCKERFILES["trainer"])
     assert volume_targets(trainer)[f"{workdir}/configs"] == ("./configs", "ro")
     assert volume_targets(trainer)["/outputs"] == ("outputs", "rw")
