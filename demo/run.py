@@ -51,13 +51,17 @@ def build_stand_ins(demo_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def start_service(classifier: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def start_service(
+    classifier: Path, port: int, log_path: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m reward_service` on a loopback port, serving `classifier` on the CPU."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "REWARD_ROBERTA_MODEL": str(classifier),
         "REWARD_DEVICE": "cpu",
         "REWARD_LOG_LEVEL": "warning",
+        **(extra_env or {}),
     }
     log = log_path.open("wb")
     command = [sys.executable, "-m", "reward_service", "--host", "127.0.0.1", "--port", str(port)]

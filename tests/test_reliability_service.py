@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from demo import run as demo_run
 from reward_service.app import create_app
 from tests.conftest import service_settings
 from tests.live_server import free_port, serving
@@ -57,31 +56,13 @@ def test_client_disconnect_drops_the_work_and_the_server_stays_healthy(tiny_robe
 
 
 def start_service(tiny_roberta: Path, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    full_env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "REWARD_ROBERTA_MODEL": str(tiny_roberta),
-        "REWARD_DEVICE": "cpu",
-        **env,
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "reward_service", "--host", "127.0.0.1", "--port", str(port)],
-            env=full_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=log.parent,
-        )
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
+    process = demo_run.start_service(tiny_roberta, port, log, {"REWARD_LOG_LEVEL": "info", **env})
+    try:
+        demo_run.wait_ready(f"http://127.0.0.1:{port}", process, timeout_s=60)
+    except RuntimeError:
+        process.kill()
+        raise RuntimeError(log.read_text()) from None
+    return process
 
 
 def test_sigterm_lets_in_flight_requests_finish_then_exits_0(tiny_roberta: Path, tmp_path: Path) -> None:
