@@ -23,6 +23,7 @@ from trainer.train import (
     load_tokenizer,
     reward_client,
     run_training,
+    splits_for,
 )
 
 EXIT_REWARD_SERVICE = 3
@@ -117,7 +118,6 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """Compare the original policy with a tuned one (default: --output_dir) on the held-out split."""
-    from trainer.data import build_splits
 
     _setup_logging()
     script_args, ppo_config, model_config = parse_args(argv)
@@ -134,17 +134,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     else:
         tuned = load_policy(str(tuned_path), tokenizer, model_config)
         original = load_policy(base, tokenizer, model_config)
-    splits = build_splits(
-        script_args.dataset_name or "Anthropic/hh-rlhf",
-        tokenizer,
-        split=script_args.dataset_train_split,
-        config=script_args.dataset_config,
-        min_chars=script_args.min_dialogue_chars,
-        max_chars=script_args.max_dialogue_chars,
-        max_prompt_tokens=script_args.max_prompt_tokens,
-        test_size=script_args.test_size,
-        seed=ppo_config.seed,
-    )
+    splits = splits_for(script_args, tokenizer, ppo_config.seed)
     log_path = Path(ppo_config.output_dir) / TRAIN_LOG
     log_history = json.loads(log_path.read_text()) if log_path.exists() else []
     try:

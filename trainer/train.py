@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import DatasetDict
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -107,6 +108,21 @@ def load_value_model(
         path, num_labels=1, **_model_kwargs(model_config)
     )
     return _fit_vocab(model, tokenizer)
+
+
+def splits_for(script_args: RLAIFArguments, tokenizer: PreTrainedTokenizerBase, seed: int) -> DatasetDict:
+    """The train/test splits the arguments describe; training and `rlaif-eval` must agree on them."""
+    return build_splits(
+        script_args.dataset_name or "Anthropic/hh-rlhf",
+        tokenizer,
+        split=script_args.dataset_train_split,
+        config=script_args.dataset_config,
+        min_chars=script_args.min_dialogue_chars,
+        max_chars=script_args.max_dialogue_chars,
+        max_prompt_tokens=script_args.max_prompt_tokens,
+        test_size=script_args.test_size,
+        seed=seed,
+    )
 
 
 def reward_client(args: RLAIFArguments) -> RewardClient:
@@ -232,17 +248,7 @@ def build_trainer(
     ref_policy = None if use_lora else load_policy(base, tokenizer, model_config)
 
     # Dataset
-    splits = build_splits(
-        script_args.dataset_name or "Anthropic/hh-rlhf",
-        tokenizer,
-        split=script_args.dataset_train_split,
-        config=script_args.dataset_config,
-        min_chars=script_args.min_dialogue_chars,
-        max_chars=script_args.max_dialogue_chars,
-        max_prompt_tokens=script_args.max_prompt_tokens,
-        test_size=script_args.test_size,
-        seed=ppo_config.seed,
-    )
+    splits = splits_for(script_args, tokenizer, ppo_config.seed)
     train_set = splits["train"]
     if script_args.max_train_samples is not None:
         train_set = train_set.select(range(min(script_args.max_train_samples, len(train_set))))
