@@ -65,6 +65,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     limits: BatchLimits
     metrics: ServiceMetrics
     _pending: deque[_Entry[ItemT, ResultT]] = field(default_factory=deque)
+    # Kept with the deque so that checking the token budget on every wake-up is O(1), not a sum.
+    _pending_cost: int = 0
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _executor: ThreadPoolExecutor = field(init=False)
@@ -88,6 +90,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             if not entry.request.done():
                 entry.request.future.set_exception(Overloaded("the service is shutting down", 1))
         self._pending.clear()
+        self._pending_cost = 0
         self._executor.shutdown(wait=True)
 
     @property
@@ -107,7 +110,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         loop = asyncio.get_running_loop()
         request: _Request[ResultT] = _Request(loop.create_future(), [None] * len(items), len(items))
         for index, item in enumerate(items):
-            self._pending.append(_Entry(item, self.cost(item), request, index))
+            entry = _Entry(item, self.cost(item), request, index)
+            self._pending.append(entry)
+            self._pending_cost += entry.cost
         self.metrics.queue_depth.labels(self.name).set(len(self._pending))
         self._wakeup.set()
         # If the caller is cancelled (client went away), the future is cancelled with it and the
@@ -129,7 +134,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     async def _wait_for_more(self) -> None:
         """Give concurrent clients `max_wait_ms` to add items, unless a batch is already full."""
         deadline = time.monotonic() + self.limits.max_wait_ms / 1000
-        while sum(e.cost for e in self._pending) < self.limits.max_batch_tokens:
+        while self._pending_cost < self.limits.max_batch_tokens:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -147,6 +152,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         abandoned = 0
         while self._pending and len(window) < window_items:
             entry = self._pending.popleft()
+            self._pending_cost -= entry.cost
             if entry.request.done():
                 abandoned += 1
                 continue

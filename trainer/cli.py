@@ -72,9 +72,34 @@ def run_evaluation(
     return report
 
 
-def _print_report(report: EvalReport, output_dir: str) -> None:
+def _evaluate_and_report(
+    script_args: RLAIFArguments,
+    ppo_config: PPOConfig,
+    models: tuple[PreTrainedModel, PreTrainedModel, PreTrainedTokenizerBase],
+    prompt_ids: list[list[int]],
+    log_history: list[dict[str, Any]],
+    before_adapter_disabled: bool,
+    failure: str,
+) -> int:
+    """Run the before/after evaluation, print the summary; the exit status for the command."""
+    before, after, tokenizer = models
+    try:
+        report = run_evaluation(
+            script_args,
+            ppo_config,
+            before,
+            after,
+            tokenizer,
+            prompt_ids,
+            log_history,
+            before_adapter_disabled,
+        )
+    except RewardClientError as exc:
+        print(f"error: {failure}: {exc}", file=sys.stderr)
+        return EXIT_REWARD_SERVICE
     print(json.dumps(report.summary(), indent=2))
-    print(f"report: {Path(output_dir) / 'report.md'}")
+    print(f"report: {Path(ppo_config.output_dir) / 'report.md'}")
+    return 0
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
@@ -98,22 +123,15 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         else load_policy(model_config.model_name_or_path, trainer.processing_class, model_config)
     )
     original.to(tuned.device)
-    try:
-        report = run_evaluation(
-            script_args,
-            ppo_config,
-            original,
-            tuned,
-            trainer.processing_class,
-            splits["test"]["input_ids"],
-            result.log_history,
-            before_adapter_disabled=lora,
-        )
-    except RewardClientError as exc:
-        print(f"error: training finished and was saved, but evaluation failed: {exc}", file=sys.stderr)
-        return EXIT_REWARD_SERVICE
-    _print_report(report, ppo_config.output_dir)
-    return 0
+    return _evaluate_and_report(
+        script_args,
+        ppo_config,
+        (original, tuned, trainer.processing_class),
+        splits["test"]["input_ids"],
+        result.log_history,
+        before_adapter_disabled=lora,
+        failure="training finished and was saved, but evaluation failed",
+    )
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
@@ -137,22 +155,15 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     splits = splits_for(script_args, tokenizer, ppo_config.seed)
     log_path = Path(ppo_config.output_dir) / TRAIN_LOG
     log_history = json.loads(log_path.read_text()) if log_path.exists() else []
-    try:
-        report = run_evaluation(
-            script_args,
-            ppo_config,
-            original,
-            tuned,
-            tokenizer,
-            splits["test"]["input_ids"],
-            log_history,
-            lora,
-        )
-    except RewardClientError as exc:
-        print(f"error: evaluation failed: {exc}", file=sys.stderr)
-        return EXIT_REWARD_SERVICE
-    _print_report(report, ppo_config.output_dir)
-    return 0
+    return _evaluate_and_report(
+        script_args,
+        ppo_config,
+        (original, tuned, tokenizer),
+        splits["test"]["input_ids"],
+        log_history,
+        before_adapter_disabled=lora,
+        failure="evaluation failed",
+    )
 
 
 def main() -> None:
