@@ -45,17 +45,30 @@ def tiny_roberta_tokenizer() -> RobertaTokenizerFast:
     )
 
 
-def build_tiny_roberta_classifier(out_dir: str | Path, train_steps: int = 150, seed: int = 0) -> Path:
-    """Save a tiny classifier to `out_dir`; with `train_steps` > 0 it learns hostile -> low nothate logit."""
+def build_tiny_roberta_classifier(
+    out_dir: str | Path,
+    train_steps: int = 150,
+    seed: int = 0,
+    *,
+    layers: int = 2,
+    hidden: int = 32,
+    heads: int = 2,
+    intermediate: int = 64,
+) -> Path:
+    """Save a small classifier to `out_dir`; with `train_steps` > 0 it learns hostile -> low nothate logit.
+
+    The sizes default to the tiny stand-in of tests and the demo; benchmarks and slow-model tests
+    pass larger ones (same architecture, labels and tokenizer).
+    """
     out = Path(out_dir)
     torch.manual_seed(seed)
     tokenizer = tiny_roberta_tokenizer()
     config = RobertaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
         max_position_embeddings=514,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,

@@ -1,3 +1,5 @@
 from reward_service.cli import main
 
-main()
+# Guarded: worker processes started by `--workers N` import this module again.
+if __name__ == "__main__":
+    main()

@@ -1,16 +1,29 @@
-"""`reward-service` command: run the service with uvicorn."""
+"""`reward-service` command: the engines, and the uvicorn front end(s) that feed them.
+
+With one front-end worker (the default) the app starts its engines itself, exactly as tests and
+the demo run it. With `--workers N`, this process starts the engines first, then N uvicorn worker
+processes that attach to them, and stops the engines once the workers have drained.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
 
 import uvicorn
 
 from reward_service.app import create_app
+from reward_service.engine.supervisor import EngineSupervisor
+from reward_service.metrics import MULTIPROCESS_ENV
+from reward_service.scorers.roberta import engine_configs
 from reward_service.settings import ServiceSettings
+
+CLASSIFIER_SCORER = "roberta-hate"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,8 +34,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--host", help="interface to bind (default: REWARD_HOST or 0.0.0.0)")
     parser.add_argument("--port", type=int, help="port to bind (default: REWARD_PORT or 8000)")
+    parser.add_argument(
+        "--workers", type=int, help="front-end processes (default: REWARD_WORKERS or 1)"
+    )
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    overrides = {
+        k: v for k, v in {"host": args.host, "port": args.port, "workers": args.workers}.items() if v is not None
+    }
     settings = ServiceSettings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -31,13 +49,35 @@ def main(argv: list[str] | None = None) -> None:
     # restored the previous handlers; this handler turns that into a clean exit status 0, which is
     # what orchestrators expect from a graceful stop.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.graceful_shutdown_s,
-    )
+    options = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": settings.graceful_shutdown_s,
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    _run_workers(settings, options)
+
+
+def _run_workers(settings: ServiceSettings, options: dict[str, object]) -> None:
+    metrics_dir = tempfile.mkdtemp(prefix="reward-metrics-")
+    # Set before any worker starts, so that every process writes its figures where /metrics reads.
+    os.environ[MULTIPROCESS_ENV] = metrics_dir
+    supervisor = None
+    if CLASSIFIER_SCORER in settings.scorers:
+        supervisor = EngineSupervisor(
+            CLASSIFIER_SCORER, engine_configs(CLASSIFIER_SCORER, settings), metrics_dir, settings.log_level
+        )
+        supervisor.start()
+        os.environ["REWARD_ENGINE_ADDRESSES"] = ",".join(supervisor.addresses)
+    try:
+        uvicorn.run("reward_service.app:create_app", factory=True, workers=settings.workers, **options)
+    finally:
+        if supervisor is not None:
+            supervisor.stop(settings.graceful_shutdown_s)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from reward_service.errors import InvalidInput, ServiceError
 from reward_service.metrics import ServiceMetrics
@@ -182,4 +182,4 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", tags=["info"], response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics."""
-    return Response(generate_latest(_metrics(request).registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(_metrics(request).exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -24,6 +24,21 @@ class ServiceSettings(BaseSettings):
         default=DEFAULT_ROBERTA_MODEL, description="Hub id or local directory of the RoBERTa classifier."
     )
     device: str = Field(default="auto", description="auto (cuda if available), cpu, cuda or cuda:N.")
+    devices: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Comma-separated devices, one scoring engine process each (e.g. cuda:0,cuda:1); "
+        "requests are spread over them. Unset = REWARD_DEVICE alone.",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Front-end processes (HTTP, validation, tokenization) feeding the engines.",
+    )
+    engine_addresses: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Internal: sockets of engines started by `reward-service --workers N`; unset = "
+        "the front end starts its own engines.",
+    )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         default="auto", description="auto = float16 on GPU, float32 on CPU."
     )
@@ -108,6 +123,13 @@ class ServiceSettings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "info"
 
+    @field_validator("devices", "engine_addresses", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator("scorers", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
@@ -139,6 +161,10 @@ class ServiceSettings(BaseSettings):
                 "or a full-size request could never be accepted"
             )
         return self
+
+    @property
+    def engine_devices(self) -> list[str]:
+        return self.devices or [self.device]
 
     @property
     def default_scorer(self) -> str:

@@ -18,9 +18,22 @@ def tiny_roberta(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_roberta_classifier(tmp_path_factory.mktemp("tiny-roberta"), train_steps=150)
 
 
+@pytest.fixture(scope="session")
+def slow_roberta(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wider, deeper RoBERTa (random weights, same tokenizer and labels): a batch of 16 texts of 512
+    tokens keeps the engine busy for about a second on a 2-core CPU, so tests can queue behind it."""
+    return build_tiny_roberta_classifier(
+        tmp_path_factory.mktemp("slow-roberta"), train_steps=0, layers=8, hidden=256, heads=4, intermediate=1024
+    )
+
+
+LONG_TEXT = "Thank you for your help, it was kind of you. " * 60  # past the 512-token window
+
+
 def service_settings(model: Path, **overrides: object) -> ServiceSettings:
     # _env_file=None: a developer's .env must not leak into tests.
-    return ServiceSettings(_env_file=None, roberta_model=str(model), device="cpu", **overrides)
+    values: dict[str, object] = {"roberta_model": str(model), "device": "cpu", **overrides}
+    return ServiceSettings(_env_file=None, **values)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from reward_service.app import create_app
-from tests.conftest import service_settings
+from tests.conftest import LONG_TEXT, service_settings
 from tests.live_server import LiveServer, serving
 
 
@@ -99,21 +99,12 @@ def test_model_that_cannot_load_gives_503_with_retry_after(tmp_path: Path) -> No
         assert httpx.get(server.url + "/healthz").status_code == 200
 
 
-def test_full_queue_gives_503_with_retry_after(tiny_roberta: Path) -> None:
-    settings = service_settings(tiny_roberta, max_items_per_request=4, queue_capacity=4, retry_after_s=2)
-    app = create_app(settings)
-    with serving(app) as server:
-        batcher = app.state.registry.get(None)._batcher
-        real_run = batcher.run_batch
-
-        def slow_run(items: list[list[int]]) -> list[list[float]]:
-            time.sleep(1.0)
-            return real_run(items)
-
-        batcher.run_batch = slow_run
-        body = {"texts": ["a", "b", "c", "d"]}
+def test_full_queue_gives_503_with_retry_after(slow_roberta: Path) -> None:
+    settings = service_settings(slow_roberta, max_items_per_request=16, queue_capacity=16, retry_after_s=2)
+    with serving(create_app(settings)) as server:
+        body = {"texts": [LONG_TEXT] * 16}
         with ThreadPoolExecutor(max_workers=3) as pool:
-            first = pool.submit(post, server, "/score", body)  # taken by the batcher, running
+            first = pool.submit(post, server, "/score", body)  # one batch, running for about a second
             time.sleep(0.3)
             second = pool.submit(post, server, "/score", body)  # fills the queue
             time.sleep(0.3)
@@ -122,7 +113,7 @@ def test_full_queue_gives_503_with_retry_after(tiny_roberta: Path) -> None:
             assert third.headers["retry-after"] == "2"
             assert first.result().status_code == 200 and second.result().status_code == 200
         assert (
-            'reward_rejected_items_total{scorer="roberta-hate"} 4.0'
+            'reward_rejected_items_total{scorer="roberta-hate"} 16.0'
             in httpx.get(server.url + "/metrics").text
         )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from reward_service.batcher import BatchLimits
 from reward_service.errors import UnknownScorer
 from reward_service.metrics import ServiceMetrics
 from reward_service.scorers.base import ScoreOptions, ScoreOutput, Scorer
@@ -16,23 +15,10 @@ from shared.schemas import ScorerInfo
 __all__ = ["ScoreOptions", "ScoreOutput", "Scorer", "ScorerRegistry", "build_registry", "SCORER_FACTORIES"]
 
 
-def batch_limits(settings: ServiceSettings) -> BatchLimits:
-    return BatchLimits(
-        max_batch_tokens=settings.max_batch_tokens,
-        max_batch_items=settings.max_batch_items,
-        max_wait_ms=settings.max_wait_ms,
-        queue_capacity=settings.queue_capacity,
-        retry_after_s=settings.retry_after_s,
-    )
-
-
 def _roberta_hate(name: str, settings: ServiceSettings, metrics: ServiceMetrics) -> Scorer:
-    # Imported here so that the registry module itself does not need torch.
     from reward_service.scorers.roberta import RobertaScorer
 
-    return RobertaScorer(
-        name, settings.roberta_model, settings.device, settings.dtype, batch_limits(settings), metrics
-    )
+    return RobertaScorer(name, settings, metrics)
 
 
 def _claude_bedrock(name: str, settings: ServiceSettings, metrics: ServiceMetrics) -> Scorer:

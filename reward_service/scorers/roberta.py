@@ -1,24 +1,32 @@
 """RobertaScorer: a sequence classifier whose reward is the raw logit of its `nothate` label.
 
-Data path: texts -> token ids (request thread, truncated to the window) -> MicroBatcher ->
-`_forward` (worker thread, padded batch on the device) -> logits per item -> scores.
+Data path: texts -> token ids (tokenizer thread of this front-end process, truncated to the
+window) -> packed ids -> EngineClient -> engine process (batching, model on the device) -> logits
+per item -> scores. The front end never loads the weights: it reads the model's config for the
+labels and window, and its tokenizer.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Literal
 
 import anyio
-import torch
+import zmq.asyncio
 from tokenizers import Tokenizer
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from reward_service.batcher import BatchLimits, MicroBatcher
+from reward_service.engine.client import EngineClient
+from reward_service.engine.protocol import EngineConfig, pack_token_ids
+from reward_service.engine.supervisor import EngineSupervisor
 from reward_service.errors import NotReady
 from reward_service.metrics import ServiceMetrics
 from reward_service.scorers.base import ScoreOptions, ScoreOutput, Scorer
+from reward_service.settings import ServiceSettings
 from shared.schemas import LabelScore, ScorerInfo, TruncationSide
 
 log = logging.getLogger(__name__)
@@ -26,51 +34,43 @@ log = logging.getLogger(__name__)
 REWARD_LABEL = "nothate"
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"REWARD_DEVICE={device} but CUDA is not available")
-    return resolved
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return getattr(torch, dtype)
-
-
 @dataclass
-class _Tokenized:
+class Tokenized:
     ids: list[list[int]]
     truncated: int
+
+
+def engine_configs(name: str, settings: ServiceSettings) -> list[EngineConfig]:
+    """One engine per device of REWARD_DEVICES (the supervisor gives each its socket address)."""
+    return [
+        EngineConfig(
+            scorer=name,
+            address="",
+            model_path=settings.roberta_model,
+            device=device,
+            dtype=settings.dtype,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_items=settings.max_batch_items,
+            max_wait_ms=settings.max_wait_ms,
+            queue_capacity=settings.queue_capacity,
+        )
+        for device in settings.engine_devices
+    ]
 
 
 class RobertaScorer(Scorer):
     kind = "classifier"
 
-    def __init__(
-        self,
-        name: str,
-        model_path: str,
-        device: str,
-        dtype: str,
-        limits: BatchLimits,
-        metrics: ServiceMetrics,
-    ) -> None:
+    def __init__(self, name: str, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
         self.name = name
-        self.model_path = model_path
-        self._device_setting = device
-        self._dtype_setting = dtype
-        self._limits = limits
+        self.model_path = settings.roberta_model
+        self._settings = settings
         self._metrics = metrics
-        self._device: torch.device | None = None
-        self._dtype: torch.dtype | None = None
-        self._model: torch.nn.Module | None = None
-        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._supervisor: EngineSupervisor | None = None
+        self._metrics_dir: str | None = None
+        self._context: zmq.asyncio.Context | None = None
+        self._engines: list[EngineClient] = []
         self._truncating: dict[str, Tokenizer] = {}
-        self._batcher: MicroBatcher[list[int], list[float]] | None = None
         self._state: Literal["loading", "ready", "failed"] = "loading"
         self._error: str | None = None
         self.max_tokens: int = 512
@@ -79,36 +79,42 @@ class RobertaScorer(Scorer):
 
     async def start(self) -> None:
         try:
-            await anyio.to_thread.run_sync(self._load)
+            await anyio.to_thread.run_sync(self._load_tokenizer_and_config)
         except Exception as exc:  # noqa: BLE001 - reported by /readyz and /scorers
             log.exception("could not load scorer %s from %s", self.name, self.model_path)
             self._error = f"failed to load {self.model_path}: {type(exc).__name__}: {exc}"
             self._state = "failed"
             return
-        self._batcher = MicroBatcher(self.name, self._forward, len, self._limits, self._metrics)
-        self._batcher.start()
+        addresses = self._settings.engine_addresses
+        if not addresses:
+            # Nobody started engines for us (one front-end process): start and own them.
+            self._metrics_dir = tempfile.mkdtemp(prefix="reward-metrics-")
+            self._supervisor = EngineSupervisor(
+                self.name, engine_configs(self.name, self._settings), self._metrics_dir, self._settings.log_level
+            )
+            self._supervisor.start()
+            self._metrics.add_engine_metrics(self._metrics_dir)
+            addresses = self._supervisor.addresses
+        self._context = zmq.asyncio.Context()
+        self._engines = [EngineClient(a, self._context, self._settings.retry_after_s) for a in addresses]
+        for engine in self._engines:
+            await engine.start()
         self._state = "ready"
-        log.info("scorer %s ready: %s on %s (%s)", self.name, self.model_path, self._device, self._dtype)
 
-    def _load(self) -> None:
-        self._device = resolve_device(self._device_setting)
-        self._dtype = resolve_dtype(self._dtype_setting, self._device)
+    def _load_tokenizer_and_config(self) -> None:
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        model = AutoModelForSequenceClassification.from_pretrained(self.model_path, dtype=self._dtype)
-        model.to(self._device).eval()
-        id2label = {int(i): str(label) for i, label in model.config.id2label.items()}
+        config = AutoConfig.from_pretrained(self.model_path)
+        id2label = {int(i): str(label) for i, label in config.id2label.items()}
         self.label_names = [id2label[i] for i in sorted(id2label)]
         self._reward_index = self._find_reward_index(id2label)
         # RoBERTa's position table has two slots reserved for the padding offset.
-        window = model.config.max_position_embeddings
-        if model.config.model_type in {"roberta", "xlm-roberta"}:
+        window = config.max_position_embeddings
+        if config.model_type in {"roberta", "xlm-roberta"}:
             window -= 2
         self.max_tokens = min(window, tokenizer.model_max_length)
-        self._tokenizer = tokenizer
         # One backend tokenizer per truncation side, each configured once: the backend's truncation
         # setting is shared state, and tokenization runs on several threads at once.
         self._truncating = {side: self._backend(tokenizer, side) for side in ("left", "right")}
-        self._model = model
 
     def _backend(self, tokenizer: PreTrainedTokenizerBase, side: str) -> Tokenizer:
         if not tokenizer.is_fast:
@@ -127,69 +133,82 @@ class RobertaScorer(Scorer):
         )
 
     async def close(self) -> None:
-        if self._batcher is not None:
-            await self._batcher.stop()
-            self._batcher = None
+        for engine in self._engines:
+            await engine.close()
+        self._engines = []
+        if self._supervisor is not None:
+            await anyio.to_thread.run_sync(self._supervisor.stop, self._settings.graceful_shutdown_s)
+            self._supervisor = None
+        if self._metrics_dir is not None:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            self._metrics_dir = None
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+
+    @property
+    def supervisor(self) -> EngineSupervisor | None:
+        """The engines this scorer started itself (None when it attached to engines started elsewhere)."""
+        return self._supervisor
 
     @property
     def ready(self) -> bool:
-        return self._state == "ready"
+        return self._state == "ready" and any(engine.ready for engine in self._engines)
 
     def info(self) -> ScorerInfo:
+        statuses = [engine.status for engine in self._engines if engine.status is not None]
+        state, error = self._state, self._error
+        if state == "ready" and not self.ready:
+            failed = [s.error for s in statuses if s.state == "failed"]
+            state, error = ("failed", failed[0]) if failed and len(failed) == len(self._engines) else ("loading", None)
+        first = next((s for s in statuses if s.device), None)
         return ScorerInfo(
             name=self.name,
             kind=self.kind,
             model=self.model_path,
-            device=str(self._device) if self._device else None,
-            dtype=str(self._dtype).removeprefix("torch.") if self._dtype else None,
-            state=self._state,
-            error=self._error,
+            device=",".join(s.device for s in statuses if s.device) or None,
+            dtype=first.dtype if first else None,
+            state=state,
+            error=error,
             labels=self.label_names or None,
             max_tokens=self.max_tokens,
         )
 
-    def tokenize(self, texts: list[str], side: TruncationSide) -> _Tokenized:
+    def tokenize(self, texts: list[str], side: TruncationSide) -> Tokenized:
         """Token ids with special tokens, cut to the window on `side`; counts the cut ones."""
         encodings = self._truncating[side].encode_batch(texts, add_special_tokens=True)
-        return _Tokenized([e.ids for e in encodings], sum(1 for e in encodings if e.overflowing))
+        return Tokenized([e.ids for e in encodings], sum(1 for e in encodings if e.overflowing))
 
     async def score(self, texts: list[str], options: ScoreOptions) -> ScoreOutput:
-        if self._batcher is None or not self.ready:
-            raise NotReady(
-                f"scorer '{self.name}' is not ready: {self._error or self._state}", self._limits.retry_after_s
-            )
+        engine = self._pick_engine()
         tokenized = await anyio.to_thread.run_sync(self.tokenize, texts, options.truncation_side)
-        logits = await self._batcher.submit(tokenized.ids)
+        token_ids, lengths = pack_token_ids(tokenized.ids)
+        logits = await engine.score(token_ids, lengths)
         self._metrics.truncated.labels(self.name).inc(tokenized.truncated)
         scores = [row[self._reward_index] for row in logits]
         labels = self._label_scores(logits) if options.return_labels else None
         return ScoreOutput(scores=scores, truncated=tokenized.truncated, labels=labels)
 
-    def _label_scores(self, logits: list[list[float]]) -> list[dict[str, LabelScore]]:
-        probabilities = torch.tensor(logits, dtype=torch.float64).softmax(dim=-1).tolist()
-        return [
-            {name: LabelScore(logit=row[i], probability=probs[i]) for i, name in enumerate(self.label_names)}
-            for row, probs in zip(logits, probabilities, strict=True)
-        ]
-
-    @torch.inference_mode()
-    def _forward(self, batch: list[list[int]]) -> list[list[float]]:
-        """Logits per item for one padded batch; halves the batch on CUDA out-of-memory."""
-        assert self._model is not None and self._tokenizer is not None
-        try:
-            padded = self._tokenizer.pad({"input_ids": batch}, return_tensors="pt")
-            logits = self._model(
-                input_ids=padded["input_ids"].to(self._device),
-                attention_mask=padded["attention_mask"].to(self._device),
-            ).logits
-            return logits.float().cpu().tolist()
-        except torch.cuda.OutOfMemoryError:
-            if len(batch) == 1:
-                raise
-            self._metrics.oom_splits.labels(self.name).inc()
-            torch.cuda.empty_cache()
-            half = len(batch) // 2
-            log.warning(
-                "CUDA out of memory on %d items; retrying as %d + %d", len(batch), half, len(batch) - half
+    def _pick_engine(self) -> EngineClient:
+        """The ready engine with the fewest items outstanding from this front end."""
+        ready = [engine for engine in self._engines if engine.ready]
+        if not ready:
+            info = self.info()
+            raise NotReady(
+                f"scorer '{self.name}' is not ready: {info.error or info.state}", self._settings.retry_after_s
             )
-            return self._forward(batch[:half]) + self._forward(batch[half:])
+        return min(ready, key=lambda engine: engine.outstanding_items)
+
+    def _label_scores(self, logits: list[list[float]]) -> list[dict[str, LabelScore]]:
+        labels = []
+        for row in logits:
+            top = max(row)
+            exps = [math.exp(x - top) for x in row]
+            total = sum(exps)
+            labels.append(
+                {
+                    name: LabelScore(logit=row[i], probability=exps[i] / total)
+                    for i, name in enumerate(self.label_names)
+                }
+            )
+        return labels

@@ -1,0 +1,260 @@
+"""EngineCore: the process that owns one device's model, and its one busy loop.
+
+Nothing else busy runs in this process, so the model's PyTorch ops never wait for the GIL behind
+JSON parsing, HTTP or tokenization (those run in the front-end processes). The loop:
+
+    receive messages (ROUTER socket) -> FairScheduler -> ModelRunner.launch(batch k+1)
+    -> ModelRunner.collect(batch k) -> logits back to each request's front end
+
+Launching batch k+1 before collecting batch k lets a GPU run one batch while the next is padded
+and copied. The model loads in a background thread so that status queries are answered meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import zmq
+
+from reward_service.engine import protocol
+from reward_service.engine.metrics import EngineMetrics
+from reward_service.engine.model_runner import (
+    LaunchedBatch,
+    ModelRunner,
+    load_classifier,
+    resolve_device,
+    resolve_dtype,
+)
+from reward_service.engine.protocol import EngineConfig, EngineFailure, FailureKind
+from reward_service.engine.scheduler import BatchItem, FairScheduler, QueuedRequest
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_MS = 200
+
+
+@dataclass
+class _InFlight:
+    items: list[BatchItem]
+    launched: LaunchedBatch
+    started: float
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.metrics = EngineMetrics(config.scorer)
+        self.scheduler = FairScheduler(config.max_batch_tokens, config.max_batch_items, config.queue_capacity)
+        self._requests: dict[tuple[bytes, int], QueuedRequest] = {}
+        self._batches: deque[list[BatchItem]] = deque()
+        self._runner: ModelRunner | None = None
+        self._state: protocol.EngineState = "loading"
+        self._error: str | None = None
+        self._device: str | None = None
+        self._dtype: str | None = None
+        self._stopping = False
+        self._parent = os.getppid()
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 1000)
+
+    def serve(self) -> None:
+        self._bind()
+        threading.Thread(target=self._load, name="engine-load", daemon=True).start()
+        log.info("engine for %s listening on %s (pid %d)", self.config.scorer, self.config.address, os.getpid())
+        in_flight: _InFlight | None = None
+        while not self._finished(in_flight):
+            self._receive(self._poll_timeout_ms(in_flight))
+            self._form_window()
+            if in_flight is not None and not in_flight.launched.asynchronous:
+                # Its logits are ready already (CPU): send them before running the next batch.
+                self._complete(in_flight)
+                in_flight = None
+            launched = self._launch_next()
+            if in_flight is not None:
+                self._complete(in_flight)
+            in_flight = launched
+            self.metrics.queue_depth.set(self.scheduler.waiting_items + sum(map(len, self._batches)))
+        self._socket.close()
+        self._context.term()
+
+    def stop(self) -> None:
+        """Refuse new work, finish what is queued, then leave `serve`."""
+        self._stopping = True
+
+    def _bind(self) -> None:
+        path = self.config.address.removeprefix("ipc://")
+        if path != self.config.address and os.path.exists(path):
+            os.unlink(path)  # left behind by an engine that died on this address
+        self._socket.bind(self.config.address)
+
+    def _load(self) -> None:
+        try:
+            device = resolve_device(self.config.device)
+            dtype = resolve_dtype(self.config.dtype, device)
+            model = load_classifier(self.config.model_path, device, dtype)
+            pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+            self._runner = ModelRunner(
+                model, device, pad, self.config.max_batch_tokens, self.metrics.oom_splits.inc
+            )
+            self._device, self._dtype = str(device), str(dtype).removeprefix("torch.")
+            self._state = "ready"
+            log.info("engine for %s ready: %s on %s (%s)", self.config.scorer, self.config.model_path, device, dtype)
+        except Exception as exc:  # noqa: BLE001 - reported through EngineStatus
+            log.exception("engine for %s could not load %s", self.config.scorer, self.config.model_path)
+            self._error = f"failed to load {self.config.model_path}: {type(exc).__name__}: {exc}"
+            self._state = "failed"
+
+    def _finished(self, in_flight: _InFlight | None) -> bool:
+        if os.getppid() != self._parent:
+            log.error("engine for %s: the service process is gone; exiting", self.config.scorer)
+            return True
+        return self._stopping and in_flight is None and not self._batches and not self.scheduler.waiting_items
+
+    def _poll_timeout_ms(self, in_flight: _InFlight | None) -> int:
+        if in_flight is not None or self._batches:
+            return 0
+        oldest = self.scheduler.oldest_arrival()
+        if oldest is None:
+            return IDLE_POLL_MS
+        if self.scheduler.waiting_tokens >= self.config.max_batch_tokens:
+            return 0
+        # Give concurrent clients up to max_wait_ms to add items to a batch that is not full yet.
+        return max(0, int((oldest + self.config.max_wait_ms / 1000 - time.monotonic()) * 1000))
+
+    def _receive(self, timeout_ms: int) -> None:
+        if not self._socket.poll(timeout_ms):
+            return
+        while True:
+            try:
+                client, frame = self._socket.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            try:
+                message = protocol.decode_to_engine(frame)
+            except Exception:  # noqa: BLE001 - a malformed frame must not stop the engine
+                log.exception("engine for %s: undecodable message dropped", self.config.scorer)
+                continue
+            self._handle(client, message)
+
+    def _handle(self, client: bytes, message: protocol.ToEngine) -> None:
+        if isinstance(message, protocol.StatusQuery):
+            status = protocol.EngineStatus(
+                message.request_id, self._state, os.getpid(), self._device, self._dtype, self._error
+            )
+            self._send(client, status)
+        elif isinstance(message, protocol.CancelItems):
+            self._cancel(client, message.request_id)
+        else:
+            self._admit(client, message)
+
+    def _admit(self, client: bytes, message: protocol.ScoreItems) -> None:
+        refusal: tuple[FailureKind, str] | None = None
+        if self._stopping:
+            refusal = ("shutting_down", "the engine is shutting down")
+        elif self._state != "ready":
+            refusal = ("not_ready", f"the model is {self._state}" + (f": {self._error}" if self._error else ""))
+        if refusal is not None:
+            self._send(client, EngineFailure(message.request_id, *refusal))
+            return
+        token_ids = np.frombuffer(message.token_ids, dtype=protocol.TOKEN_DTYPE)
+        if len(token_ids) != sum(message.lengths) or min(message.lengths, default=1) < 1:
+            self._send(client, EngineFailure(message.request_id, "model_error", "malformed ScoreItems"))
+            return
+        request = QueuedRequest(client, message.request_id, token_ids, message.lengths)
+        if not self.scheduler.add(request):
+            self.metrics.rejected.inc(len(message.lengths))
+            detail = (
+                f"scorer '{self.config.scorer}' queue is full ({self.scheduler.waiting_items} items waiting)"
+            )
+            self._send(client, EngineFailure(message.request_id, "overloaded", detail))
+            return
+        self._requests[request.key] = request
+
+    def _cancel(self, client: bytes, request_id: int) -> None:
+        request = self._requests.pop((client, request_id), None)
+        if request is None:
+            return
+        request.cancelled = True
+        self.scheduler.cancel(request.key)
+        # Items already cut into batches are skipped when their batch comes up.
+        self.metrics.abandoned.inc(request.unfinished)
+
+    def _form_window(self) -> None:
+        if self._batches or not self.scheduler.waiting_items or self._poll_timeout_ms(None) > 0:
+            return
+        self._batches.extend(self.scheduler.next_window())
+
+    def _launch_next(self) -> _InFlight | None:
+        while self._batches:
+            batch = [item for item in self._batches.popleft() if not item.request.cancelled]
+            if not batch:
+                continue
+            assert self._runner is not None
+            started = time.monotonic()
+            self.metrics.queue_wait.observe(started - min(item.request.arrived for item in batch))
+            self.metrics.batch_size.observe(len(batch))
+            self.metrics.batch_tokens.observe(max(item.length for item in batch) * len(batch))
+            try:
+                launched = self._runner.launch([item.request.ids(item.index) for item in batch])
+            except Exception as exc:  # noqa: BLE001 - the failure belongs to the requests in this batch
+                self._fail(batch, exc)
+                continue
+            return _InFlight(batch, launched, started)
+        return None
+
+    def _complete(self, in_flight: _InFlight) -> None:
+        assert self._runner is not None
+        try:
+            logits = self._runner.collect(in_flight.launched).numpy()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(in_flight.items, exc)
+            return
+        finally:
+            self.metrics.batch_latency.observe(time.monotonic() - in_flight.started)
+        for item, row in zip(in_flight.items, logits, strict=True):
+            request = item.request
+            if request.cancelled:
+                continue
+            if request.logits is None:
+                request.logits = np.empty((len(request.lengths), logits.shape[1]), dtype=protocol.LOGIT_DTYPE)
+            request.logits[item.index] = row
+            request.unfinished -= 1
+            if request.unfinished == 0:
+                self._requests.pop(request.key, None)
+                scored = protocol.ScoredItems(request.request_id, request.logits.tobytes(), logits.shape[1])
+                self._send(request.client, scored)
+
+    def _fail(self, batch: list[BatchItem], exc: Exception) -> None:
+        log.error(
+            "engine for %s failed on a batch of %d items", self.config.scorer, len(batch), exc_info=exc
+        )
+        message = f"the model failed on a batch: {type(exc).__name__}: {exc}"
+        for request in {id(item.request): item.request for item in batch}.values():
+            if request.cancelled:
+                continue
+            request.cancelled = True
+            self.scheduler.cancel(request.key)
+            self._requests.pop(request.key, None)
+            self._send(request.client, EngineFailure(request.request_id, "model_error", message))
+
+    def _send(self, client: bytes, message: protocol.FromEngine) -> None:
+        self._socket.send_multipart([client, protocol.encode(message)], copy=False)
+
+
+def run_engine(config: EngineConfig) -> None:
+    """Serve until SIGTERM (then finish queued work) or until the parent process is gone."""
+    torch.set_grad_enabled(False)
+    engine = EngineCore(config)
+    signal.signal(signal.SIGTERM, lambda *_: engine.stop())
+    # Ctrl-C in a terminal reaches the whole process group: the front end decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    engine.serve()

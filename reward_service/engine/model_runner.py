@@ -1,0 +1,124 @@
+"""ModelRunner: token ids in, one row of logits per item out, on one device.
+
+Padding is done with numpy into a reused (pinned, on CUDA) host buffer and copied to the device
+without blocking; the attention mask is built on the device from the lengths. `launch` queues the
+work and returns at once on a GPU, so the engine can prepare the next batch while this one runs;
+`collect` waits for the device once per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device} was asked for, but CUDA is not available")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_classifier(model_path: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    if not Path(model_path).exists() and model_path.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model directory {model_path} does not exist")
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, dtype=dtype)
+    return model.to(device).eval()
+
+
+@dataclass
+class LaunchedBatch:
+    """A batch whose forward has been queued on the device."""
+
+    size: int
+    logits: torch.Tensor  # on the host (pinned on CUDA), filled once `done` has happened
+    done: torch.cuda.Event | None
+
+    @property
+    def asynchronous(self) -> bool:
+        return self.done is not None
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        pad_token_id: int,
+        max_batch_tokens: int,
+        on_oom_split: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.pad_token_id = pad_token_id
+        self.num_labels = int(model.config.num_labels)
+        self._on_oom_split = on_oom_split
+        pin = device.type == "cuda"
+        # Two host buffers, used in turn: the copy of batch k may still be reading one while batch
+        # k+1 is padded into the other.
+        self._host_ids = [torch.empty(max_batch_tokens, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
+        self._turn = 0
+
+    @torch.inference_mode()
+    def launch(self, sequences: list[np.ndarray]) -> LaunchedBatch:
+        """Queue the forward of one batch; on CUDA out-of-memory, run it in halves instead."""
+        try:
+            logits = self._forward(sequences)
+        except torch.cuda.OutOfMemoryError:
+            if len(sequences) == 1:
+                raise
+            self._on_oom_split()
+            torch.cuda.empty_cache()
+            half = len(sequences) // 2
+            log.warning(
+                "CUDA out of memory on %d items; retrying as %d + %d", len(sequences), half, len(sequences) - half
+            )
+            first, second = self.launch(sequences[:half]), self.launch(sequences[half:])
+            return LaunchedBatch(len(sequences), torch.cat([self.collect(first), self.collect(second)]), None)
+        if self.device.type != "cuda":
+            return LaunchedBatch(len(sequences), logits.float(), None)
+        host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(logits, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return LaunchedBatch(len(sequences), host, done)
+
+    def collect(self, batch: LaunchedBatch) -> torch.Tensor:
+        """The batch's logits on the host, float32, one row per item."""
+        if batch.done is not None:
+            batch.done.synchronize()
+        return batch.logits
+
+    def _forward(self, sequences: list[np.ndarray]) -> torch.Tensor:
+        lengths = [len(ids) for ids in sequences]
+        width = max(lengths)
+        host = self._host_ids[self._turn]
+        self._turn ^= 1
+        if len(sequences) * width > host.numel():
+            host = torch.empty(len(sequences) * width, dtype=torch.int64, pin_memory=host.is_pinned())
+        padded = host[: len(sequences) * width].view(len(sequences), width)
+        padded_np = padded.numpy()
+        padded_np.fill(self.pad_token_id)
+        for row, ids in enumerate(sequences):
+            padded_np[row, : len(ids)] = ids
+        input_ids = padded.to(self.device, non_blocking=True)
+        lengths_on_device = torch.tensor(lengths, dtype=torch.int64).to(self.device, non_blocking=True)
+        # From the lengths, not from `ids != pad`: a text may contain the pad token's own string.
+        attention_mask = torch.arange(width, device=self.device)[None, :] < lengths_on_device[:, None]
+        return self.model(input_ids=input_ids, attention_mask=attention_mask.long()).logits

@@ -1,0 +1,113 @@
+"""The messages between front ends and a scoring engine: the whole protocol, in one module.
+
+Transport: one ZMQ ROUTER socket per engine (bound on an `ipc://` path), one DEALER per front-end
+process and engine. Every message is one msgpack frame encoded by msgspec; token ids and logits
+travel as packed little-endian arrays (`bytes`), not as lists of Python ints, so neither side
+spends its time converting numbers one by one.
+
+Front end -> engine: `ScoreItems`, `CancelItems`, `StatusQuery`.
+Engine -> front end: `ScoredItems` or `EngineFailure` (one per `ScoreItems`), `EngineStatus`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+import numpy as np
+
+TOKEN_DTYPE = np.dtype("<i4")
+LOGIT_DTYPE = np.dtype("<f4")
+
+
+class ScoreItems(msgspec.Struct, tag=True, frozen=True):
+    """Score `len(lengths)` token sequences, packed one after the other in `token_ids`."""
+
+    request_id: int
+    token_ids: bytes
+    lengths: list[int]
+
+
+class CancelItems(msgspec.Struct, tag=True, frozen=True):
+    """The client went away: drop whatever of this request has not run yet."""
+
+    request_id: int
+
+
+class StatusQuery(msgspec.Struct, tag=True, frozen=True):
+    request_id: int
+
+
+class ScoredItems(msgspec.Struct, tag=True, frozen=True):
+    """One row of `num_labels` logits per item, in the order the items were sent."""
+
+    request_id: int
+    logits: bytes
+    num_labels: int
+
+
+FailureKind = Literal["overloaded", "not_ready", "shutting_down", "model_error"]
+
+
+class EngineFailure(msgspec.Struct, tag=True, frozen=True):
+    """`ScoreItems` could not be scored. Only `model_error` is a fault of the engine itself."""
+
+    request_id: int
+    kind: FailureKind
+    message: str
+
+
+EngineState = Literal["loading", "ready", "failed"]
+
+
+class EngineStatus(msgspec.Struct, tag=True, frozen=True):
+    request_id: int
+    state: EngineState
+    pid: int
+    device: str | None = None
+    dtype: str | None = None
+    error: str | None = None
+
+
+class EngineConfig(msgspec.Struct, frozen=True):
+    """What the supervisor tells an engine process at start (JSON on its command line)."""
+
+    scorer: str
+    address: str
+    model_path: str
+    device: str
+    dtype: str
+    max_batch_tokens: int
+    max_batch_items: int
+    max_wait_ms: float
+    queue_capacity: int
+
+
+ToEngine = ScoreItems | CancelItems | StatusQuery
+FromEngine = ScoredItems | EngineFailure | EngineStatus
+
+_encoder = msgspec.msgpack.Encoder()
+_to_engine = msgspec.msgpack.Decoder(ToEngine)
+_from_engine = msgspec.msgpack.Decoder(FromEngine)
+
+
+def encode(message: ToEngine | FromEngine) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_to_engine(frame: bytes) -> ToEngine:
+    return _to_engine.decode(frame)
+
+
+def decode_from_engine(frame: bytes) -> FromEngine:
+    return _from_engine.decode(frame)
+
+
+def pack_token_ids(sequences: list[list[int]]) -> tuple[bytes, list[int]]:
+    lengths = [len(ids) for ids in sequences]
+    flat = np.concatenate([np.asarray(ids, dtype=TOKEN_DTYPE) for ids in sequences])
+    return flat.tobytes(), lengths
+
+
+def unpack_logits(message: ScoredItems) -> list[list[float]]:
+    return np.frombuffer(message.logits, dtype=LOGIT_DTYPE).reshape(-1, message.num_labels).tolist()

@@ -1,0 +1,145 @@
+"""EngineSupervisor: starts one engine process per device, restarts one that dies, stops them all.
+
+Engines run in their own session, so a Ctrl-C meant for the server does not stop them before the
+front end has drained; they exit on their own if the supervising process disappears. A watcher
+thread, asleep between checks, restarts a dead engine on the same socket path (front ends
+reconnect by themselves) after a back-off that grows while it keeps dying young.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+from prometheus_client import multiprocess
+
+from reward_service.engine.protocol import EngineConfig
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL_S = 0.2
+# An engine that lived this long before dying is restarted at once; younger deaths back off.
+HEALTHY_LIFETIME_S = 30.0
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class _Engine:
+    config: EngineConfig
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    backoff_s: float = 0.0
+    restart_at: float | None = None
+    restarts: int = 0
+
+
+@dataclass
+class EngineSupervisor:
+    """Engines for `configs` (their `address` is filled in here), with metrics under `metrics_dir`."""
+
+    scorer: str
+    configs: list[EngineConfig]
+    metrics_dir: str
+    log_level: str = "info"
+    runtime_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="reward-engines-"))
+    _engines: list[_Engine] = field(default_factory=list)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _watcher: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._engines = [
+            _Engine(msgspec.structs.replace(config, address=self._address(i)))
+            for i, config in enumerate(self.configs)
+        ]
+
+    def _address(self, index: int) -> str:
+        return f"ipc://{self.runtime_dir}/{self.scorer}-{index}.sock"
+
+    @property
+    def addresses(self) -> list[str]:
+        return [engine.config.address for engine in self._engines]
+
+    def pids(self) -> list[int | None]:
+        with self._lock:
+            return [e.process.pid if e.process and e.process.poll() is None else None for e in self._engines]
+
+    def restarts(self) -> int:
+        return sum(engine.restarts for engine in self._engines)
+
+    def start(self) -> None:
+        for engine in self._engines:
+            self._spawn(engine)
+        self._watcher = threading.Thread(target=self._watch, name=f"supervise-{self.scorer}", daemon=True)
+        self._watcher.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM every engine (each finishes its queued work), then wait; SIGKILL after `timeout_s`."""
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join()
+        processes = [e.process for e in self._engines if e.process is not None and e.process.poll() is None]
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("engine pid %d did not stop in %.0fs; killing it", process.pid, timeout_s)
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+    def _spawn(self, engine: _Engine) -> None:
+        env = {
+            **os.environ,
+            "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
+            "REWARD_LOG_LEVEL": self.log_level,
+            # The engine imports this package the way this process does (source tree or install).
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        }
+        command = [sys.executable, "-m", "reward_service.engine", msgspec.json.encode(engine.config).decode()]
+        with self._lock:
+            engine.process = subprocess.Popen(command, env=env, start_new_session=True)
+            engine.started = time.monotonic()
+        log.info("started engine pid %d for %s on %s", engine.process.pid, self.scorer, engine.config.device)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(CHECK_INTERVAL_S):
+            for engine in self._engines:
+                self._check(engine)
+
+    def _check(self, engine: _Engine) -> None:
+        now = time.monotonic()
+        if engine.restart_at is not None:
+            if now >= engine.restart_at:
+                engine.restart_at = None
+                engine.restarts += 1
+                self._spawn(engine)
+            return
+        process = engine.process
+        if process is None or process.poll() is None:
+            return
+        multiprocess.mark_process_dead(process.pid, self.metrics_dir)
+        lived = now - engine.started
+        engine.backoff_s = 0.0 if lived > HEALTHY_LIFETIME_S else min(MAX_BACKOFF_S, max(1.0, 2 * engine.backoff_s))
+        log.error(
+            "engine pid %d for %s on %s exited with code %s after %.1fs; restarting in %.0fs",
+            process.pid,
+            self.scorer,
+            engine.config.device,
+            process.returncode,
+            lived,
+            engine.backoff_s,
+        )
+        engine.restart_at = now + engine.backoff_s

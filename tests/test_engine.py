@@ -1,0 +1,242 @@
+"""The scoring engine: fair scheduling, the model runner, and the engine process's faults.
+
+Scheduler and runner are tested through their public methods; the process-level behaviour (an
+engine that dies, several engines, a model that cannot load) through real HTTP against the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from reward_service.app import create_app
+from reward_service.engine.model_runner import ModelRunner, load_classifier
+from reward_service.engine.scheduler import FairScheduler, QueuedRequest
+from reward_service.scorers.base import ScoreOptions
+from reward_service.scorers.roberta import RobertaScorer
+from reward_service.metrics import ServiceMetrics
+from tests.conftest import LONG_TEXT, service_settings
+from tests.live_server import serving
+from tests.reference_scoring import DirectScorer
+
+
+def queued(request_id: int, lengths: list[int], client: bytes = b"c") -> QueuedRequest:
+    return QueuedRequest(client, request_id, np.arange(sum(lengths), dtype=np.int32), lengths)
+
+
+def test_a_small_request_is_not_held_behind_a_big_one() -> None:
+    scheduler = FairScheduler(max_batch_tokens=64 * 100, max_batch_items=64, queue_capacity=10_000)
+    assert scheduler.add(queued(1, [100] * 1024))  # one trainer's big request, first in line
+    assert scheduler.add(queued(2, [100] * 16, client=b"other"))
+    first_window = [item for batch in scheduler.next_window() for item in batch]
+    small = [item for item in first_window if item.request.request_id == 2]
+    assert len(small) == 16  # every item of the small request runs in the first window
+    assert len(first_window) == 4 * 64
+    assert scheduler.waiting_items == 1024 + 16 - len(first_window)
+
+
+def test_round_robin_resumes_where_the_last_window_stopped() -> None:
+    scheduler = FairScheduler(max_batch_tokens=10_000, max_batch_items=1, queue_capacity=10_000)
+    for request_id in range(8):
+        scheduler.add(queued(request_id, [10, 10]))
+    order = [
+        item.request.request_id for _ in range(4) for batch in scheduler.next_window() for item in batch
+    ]
+    # Windows of 4 items: requests 0-3, then 4-7, then each one's second item in the same order.
+    assert order == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7]
+
+
+def test_batches_fit_the_token_budget_and_are_sorted_by_length() -> None:
+    scheduler = FairScheduler(max_batch_tokens=40, max_batch_items=8, queue_capacity=100)
+    lengths = [9, 1, 20, 3, 3, 8, 1, 2, 15, 4]
+    scheduler.add(queued(1, lengths))
+    batches = scheduler.next_window()
+    assert sorted(item.index for batch in batches for item in batch) == list(range(len(lengths)))
+    for batch in batches:
+        assert max(i.length for i in batch) * len(batch) <= 40 or len(batch) == 1
+        assert [i.length for i in batch] == sorted(i.length for i in batch)
+
+
+def test_a_full_queue_refuses_a_request_whole_and_a_cancelled_one_leaves_it() -> None:
+    scheduler = FairScheduler(max_batch_tokens=1000, max_batch_items=8, queue_capacity=10)
+    assert scheduler.add(queued(1, [5] * 8))
+    assert not scheduler.add(queued(2, [5] * 3))
+    assert scheduler.waiting_items == 8
+    scheduler.cancel((b"c", 1))
+    assert scheduler.waiting_items == 0 and scheduler.waiting_tokens == 0
+    assert scheduler.next_window() == []
+    assert scheduler.add(queued(3, [5] * 3))
+
+
+def runner_for(model_dir: Path, model: torch.nn.Module | None = None, on_split=lambda: None) -> ModelRunner:
+    real = load_classifier(str(model_dir), torch.device("cpu"), torch.float32)
+    return ModelRunner(model or real, torch.device("cpu"), real.config.pad_token_id, 4096, on_split)
+
+
+def test_runner_pads_by_length_and_matches_one_at_a_time_scoring(tiny_roberta: Path) -> None:
+    direct = DirectScorer(tiny_roberta)
+    texts = ["I like you.", "You are terrible and i hate you.", "Have a lovely day, friend. " * 9]
+    ids = [direct.tokenizer(t)["input_ids"] for t in texts]
+    runner = runner_for(tiny_roberta)
+    logits = runner.collect(runner.launch([np.array(i, dtype=np.int32) for i in ids]))
+    for row, item in zip(logits.tolist(), ids, strict=True):
+        assert row == pytest.approx(direct.logits_of_ids(item), abs=1e-5)
+
+
+def test_out_of_memory_splits_the_batch_and_still_gives_every_score(tiny_roberta: Path) -> None:
+    real = load_classifier(str(tiny_roberta), torch.device("cpu"), torch.float32)
+
+    class SmallMemoryModel(torch.nn.Module):
+        config = real.config
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+            if input_ids.shape[0] > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return real(input_ids=input_ids, attention_mask=attention_mask)
+
+    splits: list[int] = []
+    runner = runner_for(tiny_roberta, SmallMemoryModel(), lambda: splits.append(1))
+    direct = DirectScorer(tiny_roberta)
+    texts = ["I like you.", "I hate you.", "Have a lovely day.", "Shut up, you idiot.", "Hello"]
+    ids = [np.array(direct.tokenizer(t)["input_ids"], dtype=np.int32) for t in texts]
+    logits = runner.collect(runner.launch(ids))
+    assert logits[:, 0].tolist() == pytest.approx([direct.nothate_logit(t) for t in texts], abs=1e-4)
+    assert len(splits) >= 2
+
+
+def test_a_single_item_that_does_not_fit_fails_instead_of_looping(tiny_roberta: Path) -> None:
+    real = load_classifier(str(tiny_roberta), torch.device("cpu"), torch.float32)
+
+    class NoMemoryModel(torch.nn.Module):
+        config = real.config
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    runner = runner_for(tiny_roberta, NoMemoryModel())
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        runner.launch([np.array([0, 5, 2], dtype=np.int32)] * 3)
+
+
+def test_a_model_without_a_nothate_label_is_refused(tiny_roberta: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_roberta)
+    model.config.id2label = {0: "positive", 1: "negative"}
+    model.config.label2id = {"positive": 0, "negative": 1}
+    model.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_roberta).save_pretrained(tmp_path)
+
+    async def start() -> RobertaScorer:
+        scorer = RobertaScorer("roberta-hate", service_settings(tmp_path), ServiceMetrics())
+        await scorer.start()
+        await scorer.close()
+        return scorer
+
+    info = asyncio.run(start()).info()
+    assert info.state == "failed" and not info.ready
+    assert "nothate" in (info.error or "") and "positive" in (info.error or "")
+
+
+def test_cuda_device_without_cuda_is_a_clear_error(tiny_roberta: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with serving(create_app(service_settings(tiny_roberta, device="cuda")), ready_path=None) as server:
+        deadline = time.monotonic() + 60
+        while (info := httpx.get(server.url + "/scorers").json()["scorers"][0])["state"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert info["state"] == "failed" and "CUDA is not available" in info["error"]
+        response = httpx.post(server.url + "/score", json={"texts": ["a"]})
+        assert response.status_code == 503 and "CUDA is not available" in response.json()["detail"]
+
+
+def wait_until(condition, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_dead_engine_gives_503_then_is_restarted_and_serving_resumes(slow_roberta: Path) -> None:
+    app = create_app(service_settings(slow_roberta, retry_after_s=3))
+    with serving(app) as server:
+        supervisor = app.state.registry.get(None).supervisor
+        [pid] = supervisor.pids()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            in_flight = pool.submit(httpx.post, server.url + "/score", json={"texts": [LONG_TEXT] * 16}, timeout=60)
+            time.sleep(0.3)
+            os.kill(pid, signal.SIGKILL)  # a device fault, the OOM killer, a segfault...
+            answer = in_flight.result()
+        # In-flight work fails cleanly and retryably; never a 500, never a made-up score.
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "3"
+        assert "scores" not in answer.json()
+        wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200)
+        [new_pid] = supervisor.pids()
+        assert new_pid != pid and supervisor.restarts() == 1
+        texts = ["I like you.", "I hate you."]
+        direct = DirectScorer(slow_roberta)
+        served = httpx.post(server.url + "/score", json={"texts": texts}).json()["scores"]
+        assert served == pytest.approx([direct.nothate_logit(t) for t in texts], abs=1e-4)
+
+
+def test_readiness_is_503_while_the_only_engine_is_down(tiny_roberta: Path) -> None:
+    app = create_app(service_settings(tiny_roberta))
+    with serving(app) as server:
+        supervisor = app.state.registry.get(None).supervisor
+        os.kill(supervisor.pids()[0], signal.SIGKILL)
+        # The restarted engine needs a few seconds to load; meanwhile nothing may route to it.
+        wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 503, timeout_s=10)
+        wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200)
+        assert httpx.post(server.url + "/score", json={"texts": ["a"]}).status_code == 200
+
+
+def test_two_engines_share_the_work_and_one_dying_leaves_the_other_serving(tiny_roberta: Path) -> None:
+    app = create_app(service_settings(tiny_roberta, devices=["cpu", "cpu"]))
+    with serving(app) as server:
+        scorer = app.state.registry.get(None)
+        # Ready as soon as one engine is; /scorers lists each engine's device once it has reported.
+        wait_until(lambda: httpx.get(server.url + "/scorers").json()["scorers"][0]["device"] == "cpu,cpu")
+        texts = [f"Thank you, friend number {i}." for i in range(32)]
+        direct = DirectScorer(tiny_roberta)
+        expected = [direct.nothate_logit(t) for t in texts]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda t: httpx.post(server.url + "/score", json={"texts": [t]}), texts))
+        assert [a.json()["scores"][0] for a in answers] == pytest.approx(expected, abs=1e-4)
+        first, _ = scorer.supervisor.pids()
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: scorer.supervisor.pids()[0] != first, timeout_s=10)
+        time.sleep(0.2)
+        # One engine is enough: the service stays ready and answers from the other one.
+        assert httpx.get(server.url + "/readyz").status_code == 200
+        assert httpx.post(server.url + "/score", json={"texts": texts[:2]}).json()["scores"] == pytest.approx(
+            expected[:2], abs=1e-4
+        )
+
+
+def test_scores_through_the_engine_do_not_depend_on_batch_mates(tiny_roberta: Path) -> None:
+    async def main() -> tuple[list[float], list[list[float]]]:
+        scorer = RobertaScorer("roberta-hate", service_settings(tiny_roberta), ServiceMetrics())
+        await scorer.start()
+        try:
+            while not scorer.ready:
+                await asyncio.sleep(0.05)
+            texts = [f"Have a lovely day number {i}. " * (i % 7 + 1) for i in range(40)]
+            options = ScoreOptions(truncation_side="left")
+            together = (await scorer.score(texts, options)).scores
+            alone = await asyncio.gather(*(scorer.score([t], options) for t in texts))
+            return together, [a.scores for a in alone]
+        finally:
+            await scorer.close()
+
+    together, alone = asyncio.run(main())
+    assert together == pytest.approx([a[0] for a in alone], abs=1e-5)
