@@ -1,111 +1,165 @@
-"""Service throughput against raw model throughput, measured in one run on one machine.
+"""The service's throughput and latency against the raw model's, measured in one run on one machine.
 
-Raw: the same model in-process, tokenizing and running sorted batches of `--batch` texts with no
-HTTP and no batcher. Service: `--clients` concurrent HTTP clients each sending requests of
-`--per-request` texts to the service on loopback, so the micro-batcher has to merge them.
+Raw ceiling: the same model in this process, on pre-tokenized texts already padded into
+length-sorted batches of `--raw-batch` on the device (fp16 on CUDA): forward passes only, no
+tokenization, no HTTP. Service: `python -m reward_service` as a subprocess, driven over loopback
+HTTP by client processes; each scenario `CxN` is C concurrent clients sending requests of N
+query/response pairs until the texts are used up.
 
-    python -m bench.bench_service                                   # tiny stand-in model, CPU
-    python -m bench.bench_service --model <dir or hub id> --device cuda
+    python -m bench.bench_service                                          # CPU: deep-narrow, 8x16
+    python -m bench.bench_service --stand-in roberta-base --device cuda \\
+        --scenarios 1x16,8x16,64x16,64x1,4x1024 --client-procs 8          # GPU: every target
 """
 
 from __future__ import annotations
 
 import argparse
-import random
+import asyncio
+import multiprocessing
+import statistics
+import sys
 import tempfile
-import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from shared import RewardClient
-
-
-def make_texts(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    words = "thank you kind help hate stupid lovely day you are terrible nice awful friend go away".split()
-    # About 180 tokens on average, like the reference figures.
-    return [" ".join(rng.choices(words, k=rng.randint(60, 300))) for _ in range(n)]
+from bench.stand_ins import build_classifier, natural_texts
+from demo.run import free_port, start_service, stop, wait_ready
 
 
 @torch.inference_mode()
-def raw_throughput(model_path: str, device: str, texts: list[str], batch: int) -> float:
+def raw_throughput(model_path: str, device: str, texts: list[str], batch: int, repeats: int = 3) -> float:
+    """Texts per second of forward passes alone (best of `repeats` passes over all texts)."""
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     model = AutoModelForSequenceClassification.from_pretrained(model_path, dtype=dtype).to(device).eval()
-    ordered = sorted(texts, key=len)
-
-    def run() -> None:
-        for start in range(0, len(ordered), batch):
-            enc = tokenizer(
-                ordered[start : start + batch], padding=True, truncation=True, return_tensors="pt"
-            )
-            model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    run()  # warm-up
-    started = time.perf_counter()
-    run()
-    return len(texts) / (time.perf_counter() - started)
-
-
-def service_throughput(url: str, texts: list[str], clients: int, per_request: int) -> float:
-    chunks = [texts[i : i + per_request] for i in range(0, len(texts), per_request)]
-    lock = threading.Lock()
-
-    def worker() -> None:
-        with RewardClient(url, max_items_per_request=per_request) as client:
-            while True:
-                with lock:
-                    if not chunks:
-                        return
-                    chunk = chunks.pop()
-                assert len(client.score(chunk).scores) == len(chunk)
+    ids = sorted(tokenizer(texts, truncation=True, max_length=512)["input_ids"], key=len)
+    batches = []
+    for start in range(0, len(ids), batch):
+        chunk = ids[start : start + batch]
+        width = max(map(len, chunk))
+        padded = np.full((len(chunk), width), tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(chunk), width), dtype=np.int64)
+        for row, item in enumerate(chunk):
+            padded[row, : len(item)] = item
+            mask[row, : len(item)] = 1
+        batches.append((torch.from_numpy(padded).to(device), torch.from_numpy(mask).to(device)))
 
     def run() -> float:
-        threads = [threading.Thread(target=worker) for _ in range(clients)]
         started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        outputs = [model(input_ids=i, attention_mask=m).logits for i, m in batches]
+        torch.stack([o[:, 0].float().sum() for o in outputs]).cpu()  # one sync at the end
         return time.perf_counter() - started
 
-    with RewardClient(url) as client:  # warm-up
-        client.score(texts[:per_request])
-    return len(texts) / run()
+    run()  # warm-up
+    return len(texts) / min(run() for _ in range(repeats))
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    texts_per_s: float
+    requests_per_s: float
+    latencies_ms: list[float]
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q))
+
+
+def _pairs(texts: list[str]) -> dict[str, list[str]]:
+    # Query = the first half of the words, response = the rest: the service scores query + response.
+    halves = [t.split(" ") for t in texts]
+    return {
+        "queries": [" ".join(w[: len(w) // 2]) + " " for w in halves],
+        "responses": [" ".join(w[len(w) // 2 :]) for w in halves],
+    }
+
+
+async def _drive(url: str, bodies: list[dict[str, list[str]]], concurrency: int) -> list[float]:
+    latencies: list[float] = []
+    queue = list(reversed(bodies))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
+        async def worker() -> None:
+            while queue:
+                body = queue.pop()
+                started = time.perf_counter()
+                response = await client.post("/score", json=body)
+                latencies.append((time.perf_counter() - started) * 1000)
+                if response.status_code != 200 or len(response.json()["scores"]) != len(body["queries"]):
+                    raise RuntimeError(f"bad answer: {response.status_code} {response.text[:200]}")
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+def _client_process(args: tuple[str, list[dict[str, list[str]]], int]) -> list[float]:
+    return asyncio.run(_drive(*args))
+
+
+def run_scenario(url: str, texts: list[str], clients: int, per_request: int, procs: int) -> ScenarioResult:
+    bodies = [_pairs(texts[i : i + per_request]) for i in range(0, len(texts), per_request)]
+    procs = max(1, min(procs, clients))
+    shares = [(url, bodies[p::procs], clients // procs + (p < clients % procs)) for p in range(procs)]
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(procs) as pool:
+        pool.map(_client_process, [(url, bodies[:1], 1)] * procs)  # warm-up: imports, connections
+        started = time.perf_counter()
+        latencies = [ms for part in pool.map(_client_process, shares) for ms in part]
+        elapsed = time.perf_counter() - started
+    return ScenarioResult(f"{clients} x {per_request}", len(texts) / elapsed, len(bodies) / elapsed, latencies)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", help="classifier dir or hub id (default: build the tiny stand-in)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="classifier dir or hub id (default: build --stand-in locally)")
+    parser.add_argument("--stand-in", default="deep-narrow", choices=["tiny", "deep-narrow", "roberta-base"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--texts", type=int, default=2048)
-    parser.add_argument("--batch", type=int, default=64, help="raw batch size")
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--per-request", type=int, default=16)
+    parser.add_argument("--texts", type=int, default=2048, help="texts per scenario (and for the raw ceiling)")
+    parser.add_argument("--raw-batch", type=int, default=256)
+    parser.add_argument("--scenarios", default="8x16", help="comma-separated CxN: C clients x N pairs per request")
+    parser.add_argument("--client-procs", type=int, default=1, help="processes the clients are spread over")
+    parser.add_argument("--workers", type=int, default=1, help="the service's front-end workers")
+    parser.add_argument("--max-wait-ms", type=float, help="REWARD_MAX_WAIT_MS for the service")
     args = parser.parse_args()
 
-    from demo.tiny_models import build_tiny_roberta_classifier
-    from reward_service.app import create_app
-    from reward_service.settings import ServiceSettings
-    from tests.live_server import serving
-
-    model = args.model or str(build_tiny_roberta_classifier(Path(tempfile.mkdtemp()) / "tiny", train_steps=0))
-    texts = make_texts(args.texts)
-    raw = raw_throughput(model, args.device, texts, args.batch)
-    settings = ServiceSettings(_env_file=None, roberta_model=model, device=args.device, log_level="warning")
-    with serving(create_app(settings)) as server:
-        served = service_throughput(server.url, texts, args.clients, args.per_request)
-    print(f"model={model} device={args.device} texts={len(texts)}")
-    print(f"raw in-process (batch {args.batch}): {raw:.0f} texts/s")
-    print(f"service ({args.clients} clients x {args.per_request} texts/request, HTTP): {served:.0f} texts/s")
-    print(f"service / raw = {served / raw:.2f}")
+    model = args.model or str(build_classifier(args.stand_in, Path(tempfile.gettempdir()) / f"bench-{args.stand_in}"))
+    texts = natural_texts(AutoTokenizer.from_pretrained(model), args.texts)
+    raw = raw_throughput(model, args.device, texts, args.raw_batch)
+    env = {
+        "REWARD_DEVICE": args.device,
+        "REWARD_WORKERS": str(args.workers),
+        "REWARD_MAX_ITEMS_PER_REQUEST": "1024",
+        **({"REWARD_MAX_WAIT_MS": str(args.max_wait_ms)} if args.max_wait_ms is not None else {}),
+    }
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = Path(tempfile.gettempdir()) / "bench-service.log"
+    service = start_service(Path(model), port, log, env)
+    results = []
+    try:
+        wait_ready(url, service, timeout_s=300)
+        for scenario in args.scenarios.split(","):
+            clients, per_request = (int(x) for x in scenario.lower().split("x"))
+            results.append(run_scenario(url, texts, clients, per_request, args.client_procs))
+    finally:
+        stop(service)
+    print(f"model={model} device={args.device} texts={len(texts)} workers={args.workers} python={sys.version.split()[0]}")
+    tokens = statistics.mean(len(t) for t in AutoTokenizer.from_pretrained(model)(texts)["input_ids"])
+    print(f"mean tokens per text: {tokens:.0f}")
+    print(f"{'':28} {'texts/s':>9} {'req/s':>8} {'share of raw':>12} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}")
+    print(f"{'raw forward, batch ' + str(args.raw_batch):28} {raw:9.0f} {'':>8} {1.0:12.2f}")
+    for r in results:
+        print(
+            f"{'service ' + r.name:28} {r.texts_per_s:9.0f} {r.requests_per_s:8.0f} {r.texts_per_s / raw:12.2f}"
+            f" {r.percentile(50):8.1f} {r.percentile(90):8.1f} {r.percentile(99):8.1f}"
+        )
 
 
 if __name__ == "__main__":

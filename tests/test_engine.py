@@ -240,3 +240,32 @@ def test_scores_through_the_engine_do_not_depend_on_batch_mates(tiny_roberta: Pa
 
     together, alone = asyncio.run(main())
     assert together == pytest.approx([a[0] for a in alone], abs=1e-5)
+
+
+def test_several_front_end_workers_feed_one_engine_and_metrics_add_up(tiny_roberta: Path, tmp_path: Path) -> None:
+    from demo import run as demo_run
+    from tests.live_server import free_port
+
+    port = free_port()
+    log = tmp_path / "service.log"
+    process = demo_run.start_service(tiny_roberta, port, log, {"REWARD_WORKERS": "2"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        demo_run.wait_ready(url, process, timeout_s=90)
+        texts = [f"Thank you, friend number {i}." for i in range(24)]
+        direct = DirectScorer(tiny_roberta)
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            answers = list(pool.map(lambda t: httpx.post(url + "/score", json={"texts": [t]}, timeout=30), texts))
+        assert [a.json()["scores"][0] for a in answers] == pytest.approx(
+            [direct.nothate_logit(t) for t in texts], abs=1e-4
+        )
+        # Whichever worker answers the scrape, it reports every worker's requests and the engine's batches.
+        for _ in range(4):
+            metrics = httpx.get(url + "/metrics").text
+            requests = [line for line in metrics.splitlines() if line.startswith("reward_requests_total{")]
+            assert sum(float(line.split()[-1]) for line in requests) == 24
+            batched = [line for line in metrics.splitlines() if line.startswith("reward_batch_size_sum{")]
+            assert float(batched[0].split()[-1]) == 24
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
