@@ -58,7 +58,10 @@ class ServiceSettings(BaseSettings):
     )
     max_batch_items: int = Field(default=256, ge=1, description="Most items in one model batch.")
     max_wait_ms: float = Field(
-        default=5.0, ge=0, description="How long the batcher waits for more items before running."
+        default=0.0,
+        ge=0,
+        description="While the device is idle, how long an engine waits for more items to fill a batch; "
+        "0 = run at once (items that arrive meanwhile form the next batch).",
     )
     queue_capacity: int = Field(
         default=16_384, ge=1, description="Items waiting in one scorer's queue before 503."
