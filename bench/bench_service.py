@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import multiprocessing
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -116,23 +115,33 @@ def run_scenario(url: str, texts: list[str], clients: int, per_request: int, pro
         started = time.perf_counter()
         latencies = [ms for part in pool.map(_client_process, shares) for ms in part]
         elapsed = time.perf_counter() - started
-    return ScenarioResult(f"{clients} x {per_request}", len(texts) / elapsed, len(bodies) / elapsed, latencies)
+    return ScenarioResult(
+        f"{clients} x {per_request}", len(texts) / elapsed, len(bodies) / elapsed, latencies
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", help="classifier dir or hub id (default: build --stand-in locally)")
     parser.add_argument("--stand-in", default="deep-narrow", choices=["tiny", "deep-narrow", "roberta-base"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--texts", type=int, default=2048, help="texts per scenario (and for the raw ceiling)")
+    parser.add_argument(
+        "--texts", type=int, default=2048, help="texts per scenario (and for the raw ceiling)"
+    )
     parser.add_argument("--raw-batch", type=int, default=256)
-    parser.add_argument("--scenarios", default="8x16", help="comma-separated CxN: C clients x N pairs per request")
+    parser.add_argument(
+        "--scenarios", default="8x16", help="comma-separated CxN: C clients x N pairs per request"
+    )
     parser.add_argument("--client-procs", type=int, default=1, help="processes the clients are spread over")
     parser.add_argument("--workers", type=int, default=1, help="the service's front-end workers")
     parser.add_argument("--max-wait-ms", type=float, help="REWARD_MAX_WAIT_MS for the service")
     args = parser.parse_args()
 
-    model = args.model or str(build_classifier(args.stand_in, Path(tempfile.gettempdir()) / f"bench-{args.stand_in}"))
+    model = args.model or str(
+        build_classifier(args.stand_in, Path(tempfile.gettempdir()) / f"bench-{args.stand_in}")
+    )
     texts = natural_texts(AutoTokenizer.from_pretrained(model), args.texts)
     raw = raw_throughput(model, args.device, texts, args.raw_batch)
     env = {
@@ -153,15 +162,18 @@ def main() -> None:
             results.append(run_scenario(url, texts, clients, per_request, args.client_procs))
     finally:
         stop(service)
-    print(f"model={model} device={args.device} texts={len(texts)} workers={args.workers} python={sys.version.split()[0]}")
+    print(f"model={model} device={args.device} texts={len(texts)} workers={args.workers}")
     tokens = statistics.mean(len(t) for t in AutoTokenizer.from_pretrained(model)(texts)["input_ids"])
     print(f"mean tokens per text: {tokens:.0f}")
-    print(f"{'':28} {'texts/s':>9} {'req/s':>8} {'share of raw':>12} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}")
+    print(
+        f"{'':28} {'texts/s':>9} {'req/s':>8} {'share of raw':>12} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}"
+    )
     print(f"{'raw forward, batch ' + str(args.raw_batch):28} {raw:9.0f} {'':>8} {1.0:12.2f}")
     for r in results:
         print(
-            f"{'service ' + r.name:28} {r.texts_per_s:9.0f} {r.requests_per_s:8.0f} {r.texts_per_s / raw:12.2f}"
-            f" {r.percentile(50):8.1f} {r.percentile(90):8.1f} {r.percentile(99):8.1f}"
+            f"{'service ' + r.name:28} {r.texts_per_s:9.0f} {r.requests_per_s:8.0f}"
+            f" {r.texts_per_s / raw:12.2f} {r.percentile(50):8.1f} {r.percentile(90):8.1f}"
+            f" {r.percentile(99):8.1f}"
         )
 
 

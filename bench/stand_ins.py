@@ -43,7 +43,9 @@ def docstring_corpus() -> list[str]:
     return paragraphs
 
 
-def natural_texts(tokenizer: RobertaTokenizerFast, n: int, low: int = 60, high: int = 280, seed: int = 0) -> list[str]:
+def natural_texts(
+    tokenizer: RobertaTokenizerFast, n: int, low: int = 60, high: int = 280, seed: int = 0
+) -> list[str]:
     """`n` texts of `low`..`high` tokens (about 170 on average), cut from consecutive paragraphs."""
     words = " ".join(docstring_corpus()).split()
     rng = random.Random(seed)
@@ -63,14 +65,18 @@ def build_classifier(kind: str, out: Path) -> Path:
     if kind == "tiny":
         return build_tiny_roberta_classifier(out, train_steps=0)
     if kind == "deep-narrow":
-        return build_tiny_roberta_classifier(out, train_steps=0, layers=12, hidden=64, heads=4, intermediate=256)
+        return build_tiny_roberta_classifier(
+            out, train_steps=0, layers=12, hidden=64, heads=4, intermediate=256
+        )
     if kind == "roberta-base":
         return _build_roberta_base(out)
     raise ValueError(f"unknown stand-in {kind!r}: tiny, deep-narrow or roberta-base")
 
 
 def _build_roberta_base(out: Path) -> Path:
-    backend = train_byte_bpe(docstring_corpus(), vocab_size=ROBERTA_BASE_VOCAB, special_tokens=ROBERTA_SPECIAL)
+    backend = train_byte_bpe(
+        docstring_corpus(), vocab_size=ROBERTA_BASE_VOCAB, special_tokens=ROBERTA_SPECIAL
+    )
     backend.post_processor = RobertaProcessing(
         ("</s>", backend.token_to_id("</s>")), ("<s>", backend.token_to_id("<s>"))
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -15,8 +15,8 @@ from reward_service import __version__
 from reward_service.errors import ServiceError
 from reward_service.metrics import ServiceMetrics
 from reward_service.routes import ClientGone, router
-from reward_service.scorers import build_registry
-from reward_service.security import BearerAuth, BodySizeLimit
+from reward_service.scorers import ScorerRegistry, build_registry
+from reward_service.security import BearerAuth, BodySizeLimit, ShutdownGuard
 from reward_service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,32 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": errors}, status_code=422)
 
 
+async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    # The traceback is logged by the server; the client gets the same JSON shape as every error.
+    return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
 async def _client_gone(_: Request, exc: Exception) -> Response:
     # Nobody is listening; answer the way nginx logs it so access logs show what happened.
     return Response(status_code=499)
 
 
-def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+async def _report_if_default_cannot_load(
+    registry: ScorerRegistry, loading: asyncio.Task[None], on_fatal: Callable[[str], None]
+) -> None:
+    """Call `on_fatal` if the default scorer fails to load: retrying a configuration error is futile."""
+    await loading
+    default = registry.get(None)
+    while (info := default.info()).state == "loading":
+        await asyncio.sleep(0.2)
+    if info.state == "failed":
+        on_fatal(f"the default scorer '{info.name}' cannot load: {info.error}")
+
+
+def create_app(
+    settings: ServiceSettings | None = None, on_fatal: Callable[[str], None] | None = None
+) -> FastAPI:
+    """The service. `on_fatal(reason)` is called if the default scorer cannot load (the CLI exits)."""
     settings = settings or ServiceSettings()
     metrics = ServiceMetrics()
     registry = build_registry(settings, metrics)
@@ -53,11 +73,17 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Load in the background so /healthz answers at once and /readyz reports progress.
         loading = asyncio.create_task(registry.start())
+        watching = (
+            asyncio.create_task(_report_if_default_cannot_load(registry, loading, on_fatal))
+            if on_fatal
+            else None
+        )
         try:
             yield
         finally:
-            if not loading.done():
-                loading.cancel()
+            for task in (loading, watching):
+                if task is not None and not task.done():
+                    task.cancel()
             await registry.close()
 
     app = FastAPI(
@@ -66,6 +92,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         description="Batched reward scoring for RL from AI feedback: a RoBERTa toxicity classifier "
         "(reward = logit of 'nothate') and LLM judges, behind one HTTP API.",
         lifespan=lifespan,
+        # A POST to /score/ gets 404, not a 307 whose Location is built from the Host header.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -74,7 +102,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ClientGone, _client_gone)
+    app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.api_key is not None:
         app.add_middleware(BearerAuth, api_key=settings.api_key.get_secret_value())
+    # Outermost, so that it sees the cancellation whichever layer was running.
+    app.add_middleware(ShutdownGuard, retry_after_s=settings.retry_after_s)
     return app

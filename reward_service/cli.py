@@ -24,6 +24,7 @@ from reward_service.scorers.roberta import engine_configs
 from reward_service.settings import ServiceSettings
 
 CLASSIFIER_SCORER = "roberta-hate"
+log = logging.getLogger("reward_service")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,21 +35,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--host", help="interface to bind (default: REWARD_HOST or 0.0.0.0)")
     parser.add_argument("--port", type=int, help="port to bind (default: REWARD_PORT or 8000)")
-    parser.add_argument(
-        "--workers", type=int, help="front-end processes (default: REWARD_WORKERS or 1)"
-    )
+    parser.add_argument("--workers", type=int, help="front-end processes (default: REWARD_WORKERS or 1)")
     args = parser.parse_args(argv)
     overrides = {
-        k: v for k, v in {"host": args.host, "port": args.port, "workers": args.workers}.items() if v is not None
+        k: v
+        for k, v in {"host": args.host, "port": args.port, "workers": args.workers}.items()
+        if v is not None
     }
     settings = ServiceSettings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    fatal: list[str] = []
+
+    def stop_for_good(reason: str) -> None:
+        log.critical("%s; exiting", reason)
+        fatal.append(reason)
+        os.kill(os.getpid(), signal.SIGTERM)
+
     # uvicorn drains in-flight requests on SIGTERM/SIGINT, then re-raises the signal once it has
-    # restored the previous handlers; this handler turns that into a clean exit status 0, which is
-    # what orchestrators expect from a graceful stop.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # restored the previous handlers; this handler turns that into exit status 0 for a graceful
+    # stop (what orchestrators expect), or 1 when the default scorer could not load.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1 if fatal else 0))
     options = {
         "host": settings.host,
         "port": settings.port,
@@ -56,8 +64,8 @@ def main(argv: list[str] | None = None) -> None:
         "timeout_graceful_shutdown": settings.graceful_shutdown_s,
     }
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), **options)
-        return
+        uvicorn.run(create_app(settings, on_fatal=stop_for_good), **options)
+        sys.exit(1 if fatal else 0)
     _run_workers(settings, options)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Awaitable
@@ -12,11 +13,12 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from reward_service.errors import InvalidInput, ServiceError
+from reward_service.errors import InvalidInput, ScoringFailed, ServiceError
 from reward_service.metrics import ServiceMetrics
 from reward_service.scorers import ScoreOptions, ScorerRegistry
+from reward_service.security import has_api_key
 from reward_service.settings import ServiceSettings
-from reward_service.validation import check_limits
+from reward_service.validation import check_count, check_limits, check_texts
 from shared.schemas import (
     ErrorBody,
     Limits,
@@ -28,7 +30,9 @@ from shared.schemas import (
 )
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 T = TypeVar("T")
+UNKNOWN_SCORER_LABEL = "unknown"
 
 _ERRORS = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key."},
@@ -67,11 +71,13 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     work_task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
-        await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        # Also when this request is cancelled itself (shutdown past its grace period).
         watcher.cancel()
-    if not work_task.done():
-        work_task.cancel()
+        if not work_task.done():
+            work_task.cancel()
+    if work_task not in done:
         raise ClientGone
     return work_task.result()
 
@@ -82,23 +88,34 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 
 async def _score(request: Request, route: str, scorer_name: str | None, body: ScoreRequest) -> ScoreResponse:
-    settings, metrics = _settings(request), _metrics(request)
-    label = scorer_name or _registry(request).default
+    settings, metrics, registry = _settings(request), _metrics(request), _registry(request)
+    # Labels only from configured names: a label per arbitrary URL would grow /metrics without bound.
+    label = registry.default if scorer_name is None else scorer_name
+    if label not in registry.scorers:
+        label = UNKNOWN_SCORER_LABEL
     started = time.perf_counter()
-    status = 200
+    status = 500
     try:
-        scorer = _registry(request).get(scorer_name)
+        scorer = registry.get(scorer_name)
         texts = check_limits(body, settings)
         options = ScoreOptions(
             truncation_side=body.truncation_side or settings.truncation_side, return_labels=body.return_labels
         )
         output = await _unless_disconnected(request, scorer.score(texts, options))
+        status = 200
     except ServiceError as exc:
         status = exc.status_code
         raise
     except ClientGone:
         status = 499
         raise
+    except asyncio.CancelledError:
+        # Only a shutdown cancels a request; ShutdownGuard answers it with 503 + Retry-After.
+        status = 503
+        raise
+    except Exception as exc:
+        log.exception("scorer '%s' failed unexpectedly on %s", label, route)
+        raise ScoringFailed(f"scorer '{label}' failed: {type(exc).__name__}: {exc}") from exc
     finally:
         metrics.requests.labels(route, label, str(status)).inc()
     metrics.items.labels(scorer.name).inc(len(texts))
@@ -132,10 +149,14 @@ async def get_reward(request: Request, body: OpenRLHFRequest) -> OpenRLHFRespons
     `query` holds prompt + response decoded with special tokens; those are stripped before scoring
     with the default scorer.
     """
-    pattern = re.compile(_settings(request).openrlhf_strip_pattern)
-    texts = [pattern.sub("", query).strip() for query in body.query]
-    if not texts:
+    settings = _settings(request)
+    if not body.query:
         raise InvalidInput("'query' must not be empty")
+    # Limits apply to what the client sent, before the special tokens are stripped.
+    check_count(len(body.query), settings)
+    check_texts("query", body.query, settings)
+    pattern = re.compile(settings.openrlhf_strip_pattern)
+    texts = [pattern.sub("", query).strip() for query in body.query]
     result = await _score(request, "/get_reward", None, ScoreRequest(texts=texts))
     return OpenRLHFResponse(rewards=result.scores, scores=result.scores, extra_logs={})
 
@@ -153,30 +174,41 @@ async def list_scorers(request: Request) -> ScorersResponse:
     )
 
 
-@router.get("/healthz", tags=["info"])
+@router.api_route("/healthz", methods=["GET", "HEAD"], tags=["info"])
 async def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["info"], responses={503: {"description": "Some scorer is not ready."}})
+@router.options("/healthz", include_in_schema=False)
+@router.options("/readyz", include_in_schema=False)
+async def probe_options() -> Response:
+    return Response(status_code=204, headers={"Allow": "GET, HEAD, OPTIONS"})
+
+
+@router.api_route(
+    "/readyz",
+    methods=["GET", "HEAD"],
+    tags=["info"],
+    responses={503: {"description": "Some scorer is not ready."}},
+)
 async def readyz(request: Request) -> JSONResponse:
-    """Readiness: 503 while any scorer is loading or the default scorer failed, else 200.
+    """Readiness: 503 while any scorer is loading or the default scorer cannot score, else 200.
 
     A non-default scorer that failed to start (e.g. Bedrock without credentials) does not block
-    readiness, so the others stay usable; the body says what is missing.
+    readiness, so the others stay usable; the body says what is missing. Probes need no key, so
+    with REWARD_API_KEY set, only a request with the key sees the scorers' states and errors.
     """
     registry = _registry(request)
     infos = registry.infos()
-    states = {info.name: info.error if info.error else info.state for info in infos}
     blocked = any(info.state == "loading" for info in infos) or not registry.get(None).ready
+    body: dict[str, object] = {"status": "not ready" if blocked else "ready"}
+    if has_api_key(request.headers.get("authorization"), _settings(request)):
+        body["scorers"] = {info.name: info.error if info.error else info.state for info in infos}
     if blocked:
-        return JSONResponse(
-            {"status": "not ready", "scorers": states},
-            status_code=503,
-            headers={"Retry-After": str(_settings(request).retry_after_s)},
-        )
-    return JSONResponse({"status": "ready", "scorers": states})
+        headers = {"Retry-After": str(_settings(request).retry_after_s)}
+        return JSONResponse(body, status_code=503, headers=headers)
+    return JSONResponse(body)
 
 
 @router.get("/metrics", tags=["info"], response_class=Response)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from reward_service.settings import ServiceSettings
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -24,6 +27,45 @@ async def _send_json(send: Send, status: int, detail: str, headers: list[tuple[b
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def has_api_key(authorization: str | None, settings: ServiceSettings) -> bool:
+    """True when no key is configured, or `authorization` is `Bearer <the key>`."""
+    if settings.api_key is None:
+        return True
+    expected = f"Bearer {settings.api_key.get_secret_value()}".encode()
+    return hmac.compare_digest((authorization or "").encode(), expected)
+
+
+class ShutdownGuard:
+    """A request still running when the shutdown grace period ends is cancelled by the server;
+    answer it with 503 + Retry-After (retry elsewhere) instead of a bare 500."""
+
+    def __init__(self, app: ASGIApp, retry_after_s: int) -> None:
+        self.app = app
+        self._retry_after = str(retry_after_s).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if scope["type"] != "http" or started or task is None:
+                raise
+            task.uncancel()
+            await _send_json(
+                send,
+                503,
+                "the server is shutting down; retry (on another replica)",
+                [(b"retry-after", self._retry_after)],
+            )
 
 
 class BearerAuth:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, computed_field, model_validator
 
 ScoreOn = Literal["query_response", "response"]
 TruncationSide = Literal["left", "right"]
@@ -28,7 +28,7 @@ class ScoreRequest(_Strict):
         default="query_response",
         description="For pairs: score query + response (as in the reference pipeline) or the response alone.",
     )
-    return_labels: bool = Field(
+    return_labels: StrictBool = Field(
         default=False, description="Also return every label's logit and probability per input."
     )
     truncation_side: TruncationSide | None = Field(

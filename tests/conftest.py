@@ -23,7 +23,12 @@ def slow_roberta(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wider, deeper RoBERTa (random weights, same tokenizer and labels): a batch of 16 texts of 512
     tokens keeps the engine busy for about a second on a 2-core CPU, so tests can queue behind it."""
     return build_tiny_roberta_classifier(
-        tmp_path_factory.mktemp("slow-roberta"), train_steps=0, layers=8, hidden=256, heads=4, intermediate=1024
+        tmp_path_factory.mktemp("slow-roberta"),
+        train_steps=0,
+        layers=8,
+        hidden=256,
+        heads=4,
+        intermediate=1024,
     )
 
 

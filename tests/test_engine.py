@@ -21,9 +21,9 @@ import torch
 from reward_service.app import create_app
 from reward_service.engine.model_runner import ModelRunner, load_classifier
 from reward_service.engine.scheduler import FairScheduler, QueuedRequest
+from reward_service.metrics import ServiceMetrics
 from reward_service.scorers.base import ScoreOptions
 from reward_service.scorers.roberta import RobertaScorer
-from reward_service.metrics import ServiceMetrics
 from tests.conftest import LONG_TEXT, service_settings
 from tests.live_server import serving
 from tests.reference_scoring import DirectScorer
@@ -48,9 +48,7 @@ def test_round_robin_resumes_where_the_last_window_stopped() -> None:
     scheduler = FairScheduler(max_batch_tokens=10_000, max_batch_items=1, queue_capacity=10_000)
     for request_id in range(8):
         scheduler.add(queued(request_id, [10, 10]))
-    order = [
-        item.request.request_id for _ in range(4) for batch in scheduler.next_window() for item in batch
-    ]
+    order = [item.request.request_id for _ in range(4) for batch in scheduler.next_window() for item in batch]
     # Windows of 4 items: requests 0-3, then 4-7, then each one's second item in the same order.
     assert order == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7]
 
@@ -173,7 +171,9 @@ def test_a_dead_engine_gives_503_then_is_restarted_and_serving_resumes(slow_robe
         supervisor = app.state.registry.get(None).supervisor
         [pid] = supervisor.pids()
         with ThreadPoolExecutor(max_workers=1) as pool:
-            in_flight = pool.submit(httpx.post, server.url + "/score", json={"texts": [LONG_TEXT] * 16}, timeout=60)
+            in_flight = pool.submit(
+                httpx.post, server.url + "/score", json={"texts": [LONG_TEXT] * 16}, timeout=60
+            )
             time.sleep(0.3)
             os.kill(pid, signal.SIGKILL)  # a device fault, the OOM killer, a segfault...
             answer = in_flight.result()
@@ -242,7 +242,9 @@ def test_scores_through_the_engine_do_not_depend_on_batch_mates(tiny_roberta: Pa
     assert together == pytest.approx([a[0] for a in alone], abs=1e-5)
 
 
-def test_several_front_end_workers_feed_one_engine_and_metrics_add_up(tiny_roberta: Path, tmp_path: Path) -> None:
+def test_several_front_end_workers_feed_one_engine_and_metrics_add_up(
+    tiny_roberta: Path, tmp_path: Path
+) -> None:
     from demo import run as demo_run
     from tests.live_server import free_port
 
@@ -255,7 +257,9 @@ def test_several_front_end_workers_feed_one_engine_and_metrics_add_up(tiny_rober
         texts = [f"Thank you, friend number {i}." for i in range(24)]
         direct = DirectScorer(tiny_roberta)
         with ThreadPoolExecutor(max_workers=6) as pool:
-            answers = list(pool.map(lambda t: httpx.post(url + "/score", json={"texts": [t]}, timeout=30), texts))
+            answers = list(
+                pool.map(lambda t: httpx.post(url + "/score", json={"texts": [t]}, timeout=30), texts)
+            )
         assert [a.json()["scores"][0] for a in answers] == pytest.approx(
             [direct.nothate_logit(t) for t in texts], abs=1e-4
         )
@@ -269,3 +273,26 @@ def test_several_front_end_workers_feed_one_engine_and_metrics_add_up(tiny_rober
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+
+
+def test_long_texts_are_cut_before_tokenizing_with_the_same_ids_and_count(tiny_roberta: Path) -> None:
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    scorer = RobertaScorer("roberta-hate", service_settings(tiny_roberta), ServiceMetrics())
+    asyncio.run(asyncio.to_thread(scorer._load_tokenizer_and_config))
+    whole = Tokenizer.from_str(AutoTokenizer.from_pretrained(tiny_roberta).backend_tokenizer.to_str())
+    whole.no_padding()
+    texts = [
+        "You are kind. " * 900,  # far past the window
+        "x" * 12_000,  # one giant word
+        "Thank you for your help, friend! " * 40,  # about the window's size
+        "Have a lovely day.",
+        "ab " * 3000 + "😀" * 2000,
+    ]
+    for side in ("left", "right"):
+        whole.enable_truncation(scorer.max_tokens, direction=side)
+        expected = whole.encode_batch(texts)
+        tokenized = scorer.tokenize(texts, side)
+        assert tokenized.ids == [e.ids for e in expected]
+        assert tokenized.truncated == sum(1 for e in expected if e.overflowing)

@@ -30,7 +30,9 @@ def test_client_disconnect_drops_the_work_and_the_server_stays_healthy(slow_robe
     with serving(create_app(service_settings(slow_roberta, max_wait_ms=0))) as server:
         with ThreadPoolExecutor(max_workers=1) as pool:
             # One batch of 16 long texts keeps the engine busy for about a second.
-            busy = pool.submit(httpx.post, server.url + "/score", json={"texts": [LONG_TEXT] * 16}, timeout=60)
+            busy = pool.submit(
+                httpx.post, server.url + "/score", json={"texts": [LONG_TEXT] * 16}, timeout=60
+            )
             time.sleep(0.2)
             with pytest.raises(httpx.ReadTimeout):
                 # Queued behind the busy batch; the client gives up and closes the connection.

@@ -83,9 +83,13 @@ class EngineClient:
             return protocol.unpack_logits(answer)
         raise self._error(answer)
 
-    async def _call(self, message: protocol.ScoreItems | protocol.StatusQuery, items: int) -> protocol.FromEngine:
+    async def _call(
+        self, message: protocol.ScoreItems | protocol.StatusQuery, items: int
+    ) -> protocol.FromEngine:
         if not self._connected or self._socket is None:
-            raise EngineUnavailable(f"the scoring engine at {self.address} is not connected", self._retry_after_s)
+            raise EngineUnavailable(
+                f"the scoring engine at {self.address} is not connected", self._retry_after_s
+            )
         future: asyncio.Future[protocol.FromEngine] = asyncio.get_running_loop().create_future()
         self._waiting[message.request_id] = future
         self._items[message.request_id] = items
@@ -101,7 +105,9 @@ class EngineClient:
             # The client went away: the engine drops whatever of this request has not run yet.
             if isinstance(message, protocol.ScoreItems) and self._connected:
                 try:
-                    await self._socket.send(protocol.encode(protocol.CancelItems(message.request_id)), zmq.NOBLOCK)
+                    await self._socket.send(
+                        protocol.encode(protocol.CancelItems(message.request_id)), zmq.NOBLOCK
+                    )
                 except zmq.ZMQError:
                     pass
             raise
@@ -142,9 +148,13 @@ class EngineClient:
             elif event == zmq.EVENT_DISCONNECTED and self._connected:
                 self._connected = False
                 self.status = None
-                log.error("lost the scoring engine at %s; failing its %d requests", self.address, len(self._waiting))
+                log.error(
+                    "lost the scoring engine at %s; failing its %d requests", self.address, len(self._waiting)
+                )
                 self._fail_all(
-                    EngineUnavailable("the scoring engine stopped; it is being restarted", self._retry_after_s)
+                    EngineUnavailable(
+                        "the scoring engine stopped; it is being restarted", self._retry_after_s
+                    )
                 )
 
     async def _poll_status(self) -> None:
@@ -152,7 +162,9 @@ class EngineClient:
         while True:
             if self._connected and not self.ready:
                 try:
-                    await asyncio.wait_for(self._call(protocol.StatusQuery(next(self._ids)), 0), STATUS_POLL_S * 4)
+                    await asyncio.wait_for(
+                        self._call(protocol.StatusQuery(next(self._ids)), 0), STATUS_POLL_S * 4
+                    )
                 except (TimeoutError, ServiceError):
                     pass
             await asyncio.sleep(STATUS_POLL_S)

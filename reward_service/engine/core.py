@@ -39,6 +39,7 @@ from reward_service.engine.scheduler import BatchItem, FairScheduler, QueuedRequ
 log = logging.getLogger(__name__)
 
 IDLE_POLL_MS = 200
+EXIT_MODEL_BROKEN = 70
 
 
 @dataclass
@@ -69,7 +70,9 @@ class EngineCore:
     def serve(self) -> None:
         self._bind()
         threading.Thread(target=self._load, name="engine-load", daemon=True).start()
-        log.info("engine for %s listening on %s (pid %d)", self.config.scorer, self.config.address, os.getpid())
+        log.info(
+            "engine for %s listening on %s (pid %d)", self.config.scorer, self.config.address, os.getpid()
+        )
         in_flight: _InFlight | None = None
         while not self._finished(in_flight):
             self._receive(self._poll_timeout_ms(in_flight))
@@ -107,7 +110,13 @@ class EngineCore:
             )
             self._device, self._dtype = str(device), str(dtype).removeprefix("torch.")
             self._state = "ready"
-            log.info("engine for %s ready: %s on %s (%s)", self.config.scorer, self.config.model_path, device, dtype)
+            log.info(
+                "engine for %s ready: %s on %s (%s)",
+                self.config.scorer,
+                self.config.model_path,
+                device,
+                dtype,
+            )
         except Exception as exc:  # noqa: BLE001 - reported through EngineStatus
             log.exception("engine for %s could not load %s", self.config.scorer, self.config.model_path)
             self._error = f"failed to load {self.config.model_path}: {type(exc).__name__}: {exc}"
@@ -161,7 +170,10 @@ class EngineCore:
         if self._stopping:
             refusal = ("shutting_down", "the engine is shutting down")
         elif self._state != "ready":
-            refusal = ("not_ready", f"the model is {self._state}" + (f": {self._error}" if self._error else ""))
+            refusal = (
+                "not_ready",
+                f"the model is {self._state}" + (f": {self._error}" if self._error else ""),
+            )
         if refusal is not None:
             self._send(client, EngineFailure(message.request_id, *refusal))
             return
@@ -234,9 +246,7 @@ class EngineCore:
                 self._send(request.client, scored)
 
     def _fail(self, batch: list[BatchItem], exc: Exception) -> None:
-        log.error(
-            "engine for %s failed on a batch of %d items", self.config.scorer, len(batch), exc_info=exc
-        )
+        log.error("engine for %s failed on a batch of %d items", self.config.scorer, len(batch), exc_info=exc)
         message = f"the model failed on a batch: {type(exc).__name__}: {exc}"
         for request in {id(item.request): item.request for item in batch}.values():
             if request.cancelled:
@@ -245,6 +255,22 @@ class EngineCore:
             self.scheduler.cancel(request.key)
             self._requests.pop(request.key, None)
             self._send(request.client, EngineFailure(request.request_id, "model_error", message))
+        self._exit_unless_model_answers()
+
+    def _exit_unless_model_answers(self) -> None:
+        """After a failed batch, a one-token probe tells a bad input from a broken model or device.
+
+        A broken one (e.g. a CUDA error that poisons the context) cannot heal in this process: exit,
+        so the front ends answer 503 and the supervisor starts a fresh engine.
+        """
+        assert self._runner is not None
+        try:
+            self._runner.collect(self._runner.launch([np.zeros(1, dtype=protocol.TOKEN_DTYPE)]))
+        except Exception:  # noqa: BLE001
+            log.critical(
+                "engine for %s: the model fails a probe too; exiting to be restarted", self.config.scorer
+            )
+            raise SystemExit(EXIT_MODEL_BROKEN) from None
 
     def _send(self, client: bytes, message: protocol.FromEngine) -> None:
         self._socket.send_multipart([client, protocol.encode(message)], copy=False)

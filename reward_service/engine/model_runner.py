@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification
+
+from reward_service.model_source import check_model_source
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def load_classifier(model_path: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    if not Path(model_path).exists() and model_path.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model directory {model_path} does not exist")
+    check_model_source(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, dtype=dtype)
     return model.to(device).eval()
 
@@ -87,7 +87,10 @@ class ModelRunner:
             torch.cuda.empty_cache()
             half = len(sequences) // 2
             log.warning(
-                "CUDA out of memory on %d items; retrying as %d + %d", len(sequences), half, len(sequences) - half
+                "CUDA out of memory on %d items; retrying as %d + %d",
+                len(sequences),
+                half,
+                len(sequences) - half,
             )
             first, second = self.launch(sequences[:half]), self.launch(sequences[half:])
             return LaunchedBatch(len(sequences), torch.cat([self.collect(first), self.collect(second)]), None)

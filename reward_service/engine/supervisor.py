@@ -132,7 +132,9 @@ class EngineSupervisor:
             return
         multiprocess.mark_process_dead(process.pid, self.metrics_dir)
         lived = now - engine.started
-        engine.backoff_s = 0.0 if lived > HEALTHY_LIFETIME_S else min(MAX_BACKOFF_S, max(1.0, 2 * engine.backoff_s))
+        engine.backoff_s = (
+            0.0 if lived > HEALTHY_LIFETIME_S else min(MAX_BACKOFF_S, max(1.0, 2 * engine.backoff_s))
+        )
         log.error(
             "engine pid %d for %s on %s exited with code %s after %.1fs; restarting in %.0fs",
             process.pid,

@@ -255,6 +255,9 @@ class BedrockJudge(Scorer):
             failure = as_failure(exc)
             self._metrics.judge_calls.labels(self.name, failure.reason).inc()
             raise failure from exc
+        except Exception:
+            self._metrics.judge_calls.labels(self.name, "unexpected_error").inc()
+            raise
         self._metrics.judge_calls.labels(self.name, "ok").inc()
         self._cache.put(key, value)
         return value

@@ -25,6 +25,7 @@ from reward_service.engine.protocol import EngineConfig, pack_token_ids
 from reward_service.engine.supervisor import EngineSupervisor
 from reward_service.errors import NotReady
 from reward_service.metrics import ServiceMetrics
+from reward_service.model_source import check_model_source
 from reward_service.scorers.base import ScoreOptions, ScoreOutput, Scorer
 from reward_service.settings import ServiceSettings
 from shared.schemas import LabelScore, ScorerInfo, TruncationSide
@@ -32,6 +33,11 @@ from shared.schemas import LabelScore, ScorerInfo, TruncationSide
 log = logging.getLogger(__name__)
 
 REWARD_LABEL = "nothate"
+# A text longer than this many characters per window token cannot fit the window in any tokenizer
+# this service meets (English averages about 4 per token); past it, characters are cut before
+# tokenizing. BOUNDARY_TOKENS: how far the window must stay from that cut for the ids to be exact.
+CHARS_PER_TOKEN = 8
+BOUNDARY_TOKENS = 16
 
 
 @dataclass
@@ -90,7 +96,10 @@ class RobertaScorer(Scorer):
             # Nobody started engines for us (one front-end process): start and own them.
             self._metrics_dir = tempfile.mkdtemp(prefix="reward-metrics-")
             self._supervisor = EngineSupervisor(
-                self.name, engine_configs(self.name, self._settings), self._metrics_dir, self._settings.log_level
+                self.name,
+                engine_configs(self.name, self._settings),
+                self._metrics_dir,
+                self._settings.log_level,
             )
             self._supervisor.start()
             self._metrics.add_engine_metrics(self._metrics_dir)
@@ -102,6 +111,7 @@ class RobertaScorer(Scorer):
         self._state = "ready"
 
     def _load_tokenizer_and_config(self) -> None:
+        check_model_source(self.model_path)
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         config = AutoConfig.from_pretrained(self.model_path)
         id2label = {int(i): str(label) for i, label in config.id2label.items()}
@@ -160,7 +170,9 @@ class RobertaScorer(Scorer):
         state, error = self._state, self._error
         if state == "ready" and not self.ready:
             failed = [s.error for s in statuses if s.state == "failed"]
-            state, error = ("failed", failed[0]) if failed and len(failed) == len(self._engines) else ("loading", None)
+            state, error = (
+                ("failed", failed[0]) if failed and len(failed) == len(self._engines) else ("loading", None)
+            )
         first = next((s for s in statuses if s.device), None)
         return ScorerInfo(
             name=self.name,
@@ -175,9 +187,29 @@ class RobertaScorer(Scorer):
         )
 
     def tokenize(self, texts: list[str], side: TruncationSide) -> Tokenized:
-        """Token ids with special tokens, cut to the window on `side`; counts the cut ones."""
-        encodings = self._truncating[side].encode_batch(texts, add_special_tokens=True)
-        return Tokenized([e.ids for e in encodings], sum(1 for e in encodings if e.overflowing))
+        """Token ids with special tokens, cut to the window on `side`; counts the cut ones.
+
+        A long text is first cut to `CHARS_PER_TOKEN` characters per window token on the kept
+        side, so that the tokenizer never materialises the (unbounded) cut-off remainder. The
+        result is exact when at least `BOUNDARY_TOKENS` tokens still fall between that cut and the
+        window (tokenization is local, so the window's tokens are those of the whole text);
+        otherwise the text is tokenized whole.
+        """
+        limit = self.max_tokens * CHARS_PER_TOKEN
+        cut = [
+            text if len(text) <= limit else (text[-limit:] if side == "left" else text[:limit])
+            for text in texts
+        ]
+        backend = self._truncating[side]
+        encodings = backend.encode_batch(cut, add_special_tokens=True)
+        ids, truncated = [], 0
+        for text, short, encoding in zip(texts, cut, encodings, strict=True):
+            was_cut = short is not text
+            if was_cut and sum(len(o.ids) for o in encoding.overflowing) < BOUNDARY_TOKENS + 2:
+                encoding = backend.encode(text, add_special_tokens=True)
+            ids.append(encoding.ids)
+            truncated += was_cut or bool(encoding.overflowing)
+        return Tokenized(ids, truncated)
 
     async def score(self, texts: list[str], options: ScoreOptions) -> ScoreOutput:
         engine = self._pick_engine()

@@ -1,0 +1,104 @@
+"""What large requests cost the service in memory: resident set size before, at peak and after.
+
+Starts `python -m reward_service` (tiny stand-in, CPU), sends `--requests` requests of `--items`
+texts of `--chars` characters each, `--concurrency` at a time, while sampling the RSS of the
+service's processes (front end and engines) every 20 ms; then waits `--settle-s` and samples again.
+
+    python -m bench.bench_memory          # 20 requests of 1,024 x 10,000 characters, 4 at a time
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+
+from bench.stand_ins import build_classifier, docstring_corpus
+from demo.run import free_port, start_service, stop, wait_ready
+
+
+def tree_rss_mb(pid: int) -> float:
+    process = psutil.Process(pid)
+    total = 0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+def long_texts(n: int, chars: int, seed: int) -> list[str]:
+    prose = " ".join(docstring_corpus())
+    rng = random.Random(seed)
+    starts = [rng.randrange(len(prose) - chars) for _ in range(n)]
+    return [prose[s : s + chars] for s in starts]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--items", type=int, default=1024)
+    parser.add_argument("--chars", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--settle-s", type=float, default=10.0)
+    args = parser.parse_args()
+
+    model = build_classifier("tiny", Path(tempfile.gettempdir()) / "bench-tiny")
+    bodies = [{"texts": long_texts(args.items, args.chars, seed)} for seed in range(args.concurrency)]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    service = start_service(model, port, Path(tempfile.gettempdir()) / "bench-memory.log")
+    peak = 0.0
+    sampling = True
+
+    def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, tree_rss_mb(service.pid))
+            time.sleep(0.02)
+
+    try:
+        wait_ready(url, service)
+        with httpx.Client(timeout=600) as client:  # one small request: everything is loaded
+            client.post(url + "/score", json={"texts": ["warm-up"]}).raise_for_status()
+        time.sleep(1.0)
+        start = tree_rss_mb(service.pid)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        truncated: list[int] = []
+
+        def send(i: int) -> None:
+            answer = httpx.post(url + "/score", json=bodies[i % len(bodies)], timeout=600)
+            answer.raise_for_status()
+            truncated.append(answer.json()["truncated"])
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            list(pool.map(send, range(args.requests)))
+        elapsed = time.perf_counter() - started
+        sampling = False
+        sampler.join()
+        time.sleep(args.settle_s)
+        final = tree_rss_mb(service.pid)
+    finally:
+        sampling = False
+        stop(service)
+    print(
+        f"{args.requests} requests of {args.items} x {args.chars} characters, {args.concurrency} at a time, "
+        f"in {elapsed:.1f}s"
+    )
+    print(f"truncated per request: {sorted(set(truncated))}")
+    print(f"RSS of the service's processes: start {start:.0f} MB, peak {peak:.0f} MB (+{peak - start:.0f}),")
+    print(f"  {args.settle_s:.0f}s after the last answer {final:.0f} MB (+{final - start:.0f})")
+
+
+if __name__ == "__main__":
+    main()
