@@ -43,7 +43,9 @@ def long_texts(n: int, chars: int, seed: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--items", type=int, default=1024)
     parser.add_argument("--chars", type=int, default=10_000)

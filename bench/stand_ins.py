@@ -19,10 +19,9 @@ import random
 from pathlib import Path
 
 import torch
-from tokenizers.processors import RobertaProcessing
 from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaTokenizerFast
 
-from demo.tiny_models import ROBERTA_SPECIAL, build_tiny_roberta_classifier, train_byte_bpe
+from demo.tiny_models import build_tiny_roberta_classifier, roberta_tokenizer
 
 ROBERTA_BASE_VOCAB = 50_265
 
@@ -74,23 +73,7 @@ def build_classifier(kind: str, out: Path) -> Path:
 
 
 def _build_roberta_base(out: Path) -> Path:
-    backend = train_byte_bpe(
-        docstring_corpus(), vocab_size=ROBERTA_BASE_VOCAB, special_tokens=ROBERTA_SPECIAL
-    )
-    backend.post_processor = RobertaProcessing(
-        ("</s>", backend.token_to_id("</s>")), ("<s>", backend.token_to_id("<s>"))
-    )
-    tokenizer = RobertaTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        sep_token="</s>",
-        cls_token="<s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
-        model_max_length=512,
-    )
+    tokenizer = roberta_tokenizer(docstring_corpus(), ROBERTA_BASE_VOCAB)
     # roberta-base's own config; the labels of facebook/roberta-hate-speech-dynabench-r4-target.
     config = RobertaConfig(
         vocab_size=ROBERTA_BASE_VOCAB,

@@ -27,7 +27,12 @@ def train_byte_bpe(corpus: list[str], vocab_size: int, special_tokens: list[str]
 
 
 def tiny_roberta_tokenizer() -> RobertaTokenizerFast:
-    backend = train_byte_bpe(tokenizer_corpus(), vocab_size=400, special_tokens=ROBERTA_SPECIAL)
+    return roberta_tokenizer(tokenizer_corpus(), vocab_size=400)
+
+
+def roberta_tokenizer(corpus: list[str], vocab_size: int) -> RobertaTokenizerFast:
+    """A RoBERTa-style tokenizer (byte-level BPE, RoBERTa's special tokens) trained on `corpus`."""
+    backend = train_byte_bpe(corpus, vocab_size=vocab_size, special_tokens=ROBERTA_SPECIAL)
     # RoBERTa wraps every sequence as <s> ... </s>.
     backend.post_processor = RobertaProcessing(
         ("</s>", backend.token_to_id("</s>")), ("<s>", backend.token_to_id("<s>"))

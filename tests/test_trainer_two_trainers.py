@@ -57,7 +57,7 @@ def test_two_trainers_share_one_service(tmp_path: Path, tiny_roberta: Path, monk
     url = f"http://127.0.0.1:{port}"
     # A long batching window so that requests of the two trainers that arrive close together share
     # a model batch, which /metrics then shows as batches larger than one trainer's request.
-    monkeypatch.setenv("REWARD_MAX_WAIT_MS", "500")
+    monkeypatch.setenv("REWARD_MAX_WAIT_MS", "3000")
     service = start_service(tiny_roberta, port, tmp_path / "service.log")
     try:
         wait_ready(url, service)
