@@ -24,15 +24,21 @@ from bench.stand_ins import build_classifier, docstring_corpus
 from demo.run import free_port, start_service, stop, wait_ready
 
 
-def tree_rss_mb(pid: int) -> float:
+def rss_by_process_mb(pid: int) -> dict[str, float]:
+    """RSS of the service's front end and of its engines (summed)."""
     process = psutil.Process(pid)
-    total = 0
+    sizes = {"front end": 0.0, "engines": 0.0}
     for p in [process, *process.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            is_engine = "reward_service.engine" in " ".join(p.cmdline())
+            sizes["engines" if is_engine else "front end"] += p.memory_info().rss / 2**20
         except psutil.NoSuchProcess:
             pass
-    return total / 2**20
+    return sizes
+
+
+def tree_rss_mb(pid: int) -> float:
+    return sum(rss_by_process_mb(pid).values())
 
 
 def long_texts(n: int, chars: int, seed: int) -> list[str]:
@@ -72,7 +78,8 @@ def main() -> None:
         with httpx.Client(timeout=600) as client:  # one small request: everything is loaded
             client.post(url + "/score", json={"texts": ["warm-up"]}).raise_for_status()
         time.sleep(1.0)
-        start = tree_rss_mb(service.pid)
+        start_parts = rss_by_process_mb(service.pid)
+        start = sum(start_parts.values())
         sampler = threading.Thread(target=sample)
         sampler.start()
         truncated: list[int] = []
@@ -89,7 +96,8 @@ def main() -> None:
         sampling = False
         sampler.join()
         time.sleep(args.settle_s)
-        final = tree_rss_mb(service.pid)
+        final_parts = rss_by_process_mb(service.pid)
+        final = sum(final_parts.values())
     finally:
         sampling = False
         stop(service)
@@ -100,6 +108,8 @@ def main() -> None:
     print(f"truncated per request: {sorted(set(truncated))}")
     print(f"RSS of the service's processes: start {start:.0f} MB, peak {peak:.0f} MB (+{peak - start:.0f}),")
     print(f"  {args.settle_s:.0f}s after the last answer {final:.0f} MB (+{final - start:.0f})")
+    for part in start_parts:
+        print(f"  {part}: start {start_parts[part]:.0f} MB, after {final_parts[part]:.0f} MB")
 
 
 if __name__ == "__main__":

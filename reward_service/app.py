@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from reward_service import __version__
+from reward_service.allocator import pin_mmap_threshold
 from reward_service.errors import ServiceError
 from reward_service.metrics import ServiceMetrics
 from reward_service.routes import ClientGone, router
@@ -66,6 +67,7 @@ def create_app(
 ) -> FastAPI:
     """The service. `on_fatal(reason)` is called if the default scorer cannot load (the CLI exits)."""
     settings = settings or ServiceSettings()
+    pin_mmap_threshold()
     metrics = ServiceMetrics()
     registry = build_registry(settings, metrics)
 

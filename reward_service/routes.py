@@ -9,10 +9,12 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
+import anyio
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from reward_service.allocator import LARGE_REQUEST_CHARS, release_freed_memory
 from reward_service.errors import InvalidInput, ScoringFailed, ServiceError
 from reward_service.metrics import ServiceMetrics
 from reward_service.scorers import ScoreOptions, ScorerRegistry
@@ -119,6 +121,8 @@ async def _score(request: Request, route: str, scorer_name: str | None, body: Sc
     finally:
         metrics.requests.labels(route, label, str(status)).inc()
     metrics.items.labels(scorer.name).inc(len(texts))
+    if sum(map(len, texts)) > LARGE_REQUEST_CHARS:
+        await anyio.to_thread.run_sync(release_freed_memory)
     metrics.request_latency.labels(scorer.name).observe(time.perf_counter() - started)
     return ScoreResponse(
         scorer=scorer.name,

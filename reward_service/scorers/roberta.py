@@ -38,6 +38,7 @@ REWARD_LABEL = "nothate"
 # tokenizing. BOUNDARY_TOKENS: how far the window must stay from that cut for the ids to be exact.
 CHARS_PER_TOKEN = 8
 BOUNDARY_TOKENS = 16
+TOKENIZE_CHUNK = 64
 
 
 @dataclass
@@ -201,14 +202,18 @@ class RobertaScorer(Scorer):
             for text in texts
         ]
         backend = self._truncating[side]
-        encodings = backend.encode_batch(cut, add_special_tokens=True)
         ids, truncated = [], 0
-        for text, short, encoding in zip(texts, cut, encodings, strict=True):
-            was_cut = short is not text
-            if was_cut and sum(len(o.ids) for o in encoding.overflowing) < BOUNDARY_TOKENS + 2:
-                encoding = backend.encode(text, add_special_tokens=True)
-            ids.append(encoding.ids)
-            truncated += was_cut or bool(encoding.overflowing)
+        # In chunks: an Encoding (tokens, offsets, masks) weighs ~100 bytes a token; only the ids are
+        # kept, so a chunk's encodings are freed before the next chunk is tokenized.
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            chunk = slice(start, start + TOKENIZE_CHUNK)
+            encodings = backend.encode_batch_fast(cut[chunk], add_special_tokens=True)
+            for text, short, encoding in zip(texts[chunk], cut[chunk], encodings, strict=True):
+                was_cut = short is not text
+                if was_cut and sum(len(o.ids) for o in encoding.overflowing) < BOUNDARY_TOKENS + 2:
+                    encoding = backend.encode(text, add_special_tokens=True)
+                ids.append(encoding.ids)
+                truncated += was_cut or bool(encoding.overflowing)
         return Tokenized(ids, truncated)
 
     async def score(self, texts: list[str], options: ScoreOptions) -> ScoreOutput:
