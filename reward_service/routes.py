@@ -68,7 +68,7 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await `work`, cancelling it if the client disconnects first.
 
     The body has been read by now, so the next ASGI message can only be the disconnect. Cancelling
-    the scorer call cancels the batcher's future, and the batcher then skips the queued items.
+    the scorer call makes the engine client send CancelItems, and the engine drops the queued items.
     """
     work_task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))

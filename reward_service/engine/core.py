@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import zmq
 
+from reward_service.allocator import release_freed_memory
 from reward_service.engine import protocol
 from reward_service.engine.metrics import EngineMetrics
 from reward_service.engine.model_runner import (
@@ -62,6 +63,7 @@ class EngineCore:
         self._device: str | None = None
         self._dtype: str | None = None
         self._stopping = False
+        self._ran_since_trim = False
         self._parent = os.getppid()
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.ROUTER)
@@ -141,6 +143,11 @@ class EngineCore:
 
     def _receive(self, timeout_ms: int) -> None:
         if not self._socket.poll(timeout_ms):
+            if timeout_ms >= IDLE_POLL_MS and self._ran_since_trim:
+                # Idle for a while after some work: give the batches' freed host memory back, so
+                # that a burst of long inputs does not leave the process large for good.
+                release_freed_memory()
+                self._ran_since_trim = False
             return
         while True:
             try:
@@ -220,6 +227,7 @@ class EngineCore:
             except Exception as exc:  # noqa: BLE001 - the failure belongs to the requests in this batch
                 self._fail(batch, exc)
                 continue
+            self._ran_since_trim = True
             return _InFlight(batch, launched, started)
         return None
 
