@@ -254,6 +254,8 @@ def test_several_front_end_workers_feed_one_engine_and_metrics_add_up(
     url = f"http://127.0.0.1:{port}"
     try:
         demo_run.wait_ready(url, process, timeout_s=90)
+        # Each worker reports its own readiness: wait until several probes in a row say ready.
+        wait_until(lambda: all(httpx.get(url + "/readyz").status_code == 200 for _ in range(6)))
         texts = [f"Thank you, friend number {i}." for i in range(24)]
         direct = DirectScorer(tiny_roberta)
         with ThreadPoolExecutor(max_workers=6) as pool:

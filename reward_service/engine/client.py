@@ -43,6 +43,10 @@ class EngineClient:
         self._monitor: zmq.asyncio.Socket | None = None
 
     @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
     def ready(self) -> bool:
         return self._connected and self.status is not None and self.status.state == "ready"
 

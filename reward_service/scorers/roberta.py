@@ -227,8 +227,14 @@ class RobertaScorer(Scorer):
         return ScoreOutput(scores=scores, truncated=tokenized.truncated, labels=labels)
 
     def _pick_engine(self) -> EngineClient:
-        """The ready engine with the fewest items outstanding from this front end."""
+        """The ready engine with the fewest items outstanding from this front end.
+
+        If none has reported ready to this process yet, a connected one still gets the request: the
+        engine knows best (it answers 503 itself while loading), and a front-end worker that started
+        a moment after its siblings does not refuse work that its engine can already do.
+        """
         ready = [engine for engine in self._engines if engine.ready]
+        ready = ready or [engine for engine in self._engines if engine.connected]
         if not ready:
             info = self.info()
             raise NotReady(
