@@ -29,12 +29,18 @@ async def _send_json(send: Send, status: int, detail: str, headers: list[tuple[b
     await send({"type": "http.response.body", "body": body})
 
 
+def bearer_key_matches(authorization: bytes, api_key: str) -> bool:
+    """`authorization` is `Bearer <api_key>`. Constant-time comparison, so the key cannot be
+    guessed byte by byte from response times."""
+    return hmac.compare_digest(authorization, f"Bearer {api_key}".encode())
+
+
 def has_api_key(authorization: str | None, settings: ServiceSettings) -> bool:
-    """True when no key is configured, or `authorization` is `Bearer <the key>`."""
+    """True when no key is configured, or `authorization` carries it."""
     if settings.api_key is None:
         return True
-    expected = f"Bearer {settings.api_key.get_secret_value()}".encode()
-    return hmac.compare_digest((authorization or "").encode(), expected)
+    # Starlette decodes header values as latin-1; this gives back the bytes the client sent.
+    return bearer_key_matches((authorization or "").encode("latin-1"), settings.api_key.get_secret_value())
 
 
 class ShutdownGuard:
@@ -73,15 +79,14 @@ class BearerAuth:
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
-        self._expected = f"Bearer {api_key}".encode()
+        self._api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"authorization", b"")
-        # Constant-time comparison, so the key cannot be guessed byte by byte from response times.
-        if not hmac.compare_digest(given, self._expected):
+        if not bearer_key_matches(given, self._api_key):
             await _send_json(
                 send,
                 401,

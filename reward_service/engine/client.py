@@ -91,9 +91,7 @@ class EngineClient:
         self, message: protocol.ScoreItems | protocol.StatusQuery, items: int
     ) -> protocol.FromEngine:
         if not self._connected or self._socket is None:
-            raise EngineUnavailable(
-                f"the scoring engine at {self.address} is not connected", self._retry_after_s
-            )
+            raise self._not_connected()
         future: asyncio.Future[protocol.FromEngine] = asyncio.get_running_loop().create_future()
         self._waiting[message.request_id] = future
         self._items[message.request_id] = items
@@ -101,9 +99,7 @@ class EngineClient:
             try:
                 await self._socket.send(protocol.encode(message), zmq.NOBLOCK)
             except zmq.Again:
-                raise EngineUnavailable(
-                    f"the scoring engine at {self.address} is not connected", self._retry_after_s
-                ) from None
+                raise self._not_connected() from None
             return await future
         except asyncio.CancelledError:
             # The client went away: the engine drops whatever of this request has not run yet.
@@ -118,6 +114,11 @@ class EngineClient:
         finally:
             self._waiting.pop(message.request_id, None)
             self._items.pop(message.request_id, None)
+
+    def _not_connected(self) -> EngineUnavailable:
+        return EngineUnavailable(
+            f"the scoring engine at {self.address} is not connected", self._retry_after_s
+        )
 
     def _error(self, failure: protocol.FromEngine) -> ServiceError:
         if not isinstance(failure, protocol.EngineFailure):
