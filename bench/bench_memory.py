@@ -21,7 +21,7 @@ import httpx
 import psutil
 
 from bench.stand_ins import build_classifier, docstring_corpus
-from demo.run import free_port, start_service, stop, wait_ready
+from demo.run import running_service
 
 
 def rss_by_process_mb(pid: int) -> dict[str, float]:
@@ -61,9 +61,6 @@ def main() -> None:
 
     model = build_classifier("tiny", Path(tempfile.gettempdir()) / "bench-tiny")
     bodies = [{"texts": long_texts(args.items, args.chars, seed)} for seed in range(args.concurrency)]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    service = start_service(model, port, Path(tempfile.gettempdir()) / "bench-memory.log")
     peak = 0.0
     sampling = True
 
@@ -73,14 +70,13 @@ def main() -> None:
             peak = max(peak, tree_rss_mb(service.pid))
             time.sleep(0.02)
 
-    try:
-        wait_ready(url, service)
+    with running_service(model, Path(tempfile.gettempdir()) / "bench-memory.log") as (url, service):
         with httpx.Client(timeout=600) as client:  # one small request: everything is loaded
             client.post(url + "/score", json={"texts": ["warm-up"]}).raise_for_status()
         time.sleep(1.0)
         start_parts = rss_by_process_mb(service.pid)
         start = sum(start_parts.values())
-        sampler = threading.Thread(target=sample)
+        sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         truncated: list[int] = []
 
@@ -98,9 +94,6 @@ def main() -> None:
         time.sleep(args.settle_s)
         final_parts = rss_by_process_mb(service.pid)
         final = sum(final_parts.values())
-    finally:
-        sampling = False
-        stop(service)
     print(
         f"{args.requests} requests of {args.items} x {args.chars} characters, {args.concurrency} at a time, "
         f"in {elapsed:.1f}s"

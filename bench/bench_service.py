@@ -28,7 +28,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from bench.stand_ins import build_classifier, natural_texts
-from demo.run import free_port, start_service, stop, wait_ready
+from demo.run import running_service
 
 
 @torch.inference_mode()
@@ -150,18 +150,12 @@ def main() -> None:
         "REWARD_MAX_ITEMS_PER_REQUEST": "1024",
         **({"REWARD_MAX_WAIT_MS": str(args.max_wait_ms)} if args.max_wait_ms is not None else {}),
     }
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log = Path(tempfile.gettempdir()) / "bench-service.log"
-    service = start_service(Path(model), port, log, env)
     results = []
-    try:
-        wait_ready(url, service, timeout_s=300)
+    with running_service(Path(model), log, env, timeout_s=300) as (url, _):
         for scenario in args.scenarios.split(","):
             clients, per_request = (int(x) for x in scenario.lower().split("x"))
             results.append(run_scenario(url, texts, clients, per_request, args.client_procs))
-    finally:
-        stop(service)
     print(f"model={model} device={args.device} texts={len(texts)} workers={args.workers}")
     tokens = statistics.mean(len(t) for t in AutoTokenizer.from_pretrained(model)(texts)["input_ids"])
     print(f"mean tokens per text: {tokens:.0f}")

@@ -21,7 +21,7 @@ import httpx
 
 from bench.bench_memory import long_texts, tree_rss_mb
 from bench.stand_ins import build_classifier
-from demo.run import free_port, start_service, stop, wait_ready
+from demo.run import running_service
 
 
 def client_loop(url: str, seed: int, until: float, counts: dict[str, int], lock: threading.Lock) -> None:
@@ -57,13 +57,9 @@ def main() -> None:
     args = parser.parse_args()
 
     model = build_classifier("tiny", Path(tempfile.gettempdir()) / "bench-tiny")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    service = start_service(model, port, Path(tempfile.gettempdir()) / "bench-soak.log")
     counts: dict[str, int] = {}
     lock = threading.Lock()
-    try:
-        wait_ready(url, service)
+    with running_service(model, Path(tempfile.gettempdir()) / "bench-soak.log") as (url, service):
         start = tree_rss_mb(service.pid)
         print(f"t=0 min rss={start:.0f} MB", flush=True)
         until = time.monotonic() + args.minutes * 60
@@ -82,8 +78,6 @@ def main() -> None:
             print(f"t={minutes:.0f} min rss={tree_rss_mb(service.pid):.0f} MB answers={done}", flush=True)
         for thread in threads:
             thread.join()
-    finally:
-        stop(service)
     statuses = set(counts) - {"200", "422"}
     print(f"answers by status: {counts}; unexpected statuses: {sorted(statuses) or 'none'}")
 

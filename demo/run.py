@@ -15,6 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -91,16 +93,27 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.kill()
 
 
+@contextmanager
+def running_service(
+    classifier: Path, log_path: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 120.0
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The service on a free loopback port, once ready: its URL and process. Stopped on exit."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_service(classifier, port, log_path, extra_env)
+    try:
+        wait_ready(url, process, timeout_s)
+        yield url, process
+    finally:
+        stop(process)
+
+
 def main(extra_args: list[str] | None = None) -> int:
     """`extra_args` are trainer flags appended after the demo's own (they win)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     DEMO_DIR.mkdir(exist_ok=True)
     paths = build_stand_ins(DEMO_DIR)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    service = start_service(paths["classifier"], port, DEMO_DIR / "service.log")
-    try:
-        wait_ready(url, service)
+    with running_service(paths["classifier"], DEMO_DIR / "service.log") as (url, _):
         print(f"reward service ready at {url}; training (configs/demo.yaml) ...", flush=True)
         from trainer.cli import train_main
 
@@ -119,8 +132,6 @@ def main(extra_args: list[str] | None = None) -> int:
                 *(extra_args or []),
             ]
         )
-    finally:
-        stop(service)
 
 
 if __name__ == "__main__":
