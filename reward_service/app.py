@@ -50,16 +50,21 @@ async def _client_gone(_: Request, exc: Exception) -> Response:
     return Response(status_code=499)
 
 
+async def default_scorer_error(registry: ScorerRegistry) -> str | None:
+    """Once the default scorer has loaded or failed (after `registry.start()`): why it failed, or None."""
+    default = registry.get(None)
+    while (info := default.info()).state == "loading":
+        await asyncio.sleep(0.2)
+    return f"the default scorer '{info.name}' cannot load: {info.error}" if info.state == "failed" else None
+
+
 async def _report_if_default_cannot_load(
     registry: ScorerRegistry, loading: asyncio.Task[None], on_fatal: Callable[[str], None]
 ) -> None:
     """Call `on_fatal` if the default scorer fails to load: retrying a configuration error is futile."""
     await loading
-    default = registry.get(None)
-    while (info := default.info()).state == "loading":
-        await asyncio.sleep(0.2)
-    if info.state == "failed":
-        on_fatal(f"the default scorer '{info.name}' cannot load: {info.error}")
+    if reason := await default_scorer_error(registry):
+        on_fatal(reason)
 
 
 def create_app(

@@ -51,6 +51,25 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="Request bodies larger than this get 413."
     )
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Request line and headers larger than this get 431."
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A request's line and headers must arrive within this, else 408."
+    )
+    body_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A request's body must arrive within this after its headers, else 408.",
+    )
+    keep_alive_s: float = Field(
+        default=5.0, gt=0, description="Idle kept-alive connections close after this."
+    )
+    max_connections: int = Field(
+        default=4096,
+        ge=1,
+        description="Open HTTP connections per front-end process; more are answered 503 and closed.",
+    )
     truncation_side: Literal["left", "right"] = Field(
         default="left", description="Default end to cut for over-long inputs; 'left' keeps the end."
     )

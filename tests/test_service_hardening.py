@@ -4,6 +4,7 @@ probes behave, configuration errors stop the process at start, shutdown under lo
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -115,11 +116,24 @@ def test_a_model_that_fails_on_an_input_gives_a_json_500_counted_as_500(
         assert app.state.registry.get(None).supervisor.pids() == [pid]
 
 
-def test_a_default_model_that_cannot_load_stops_the_process_with_the_reason(tmp_path: Path) -> None:
-    log = tmp_path / "service.log"
-    process = demo_run.start_service(tmp_path / "no-such-model", free_port(), log)
-    assert process.wait(timeout=60) != 0
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_default_model_that_cannot_load_stops_the_process_with_the_reason(
+    tiny_roberta: Path, tmp_path: Path, workers: str
+) -> None:
+    env = {"REWARD_WORKERS": workers}
+    log = tmp_path / "missing.log"
+    process = demo_run.start_service(tmp_path / "no-such-model", free_port(), log, env)
+    assert process.wait(timeout=60) == 1
     assert "no-such-model does not exist" in log.read_text()
+    # Weights that the engine cannot read (the front end loads only the config and tokenizer).
+    corrupt = tmp_path / "corrupt-model"
+    shutil.copytree(tiny_roberta, corrupt)
+    for weights in corrupt.glob("*.safetensors"):
+        weights.write_bytes(b"not a safetensors file")
+    log = tmp_path / "corrupt.log"
+    process = demo_run.start_service(corrupt, free_port(), log, env)
+    assert process.wait(timeout=90) == 1
+    assert "the default scorer 'roberta-hate' cannot load" in log.read_text()
 
 
 def test_requests_past_the_shutdown_grace_period_get_503_and_the_process_exits_0(

@@ -1,0 +1,223 @@
+"""Connection-level limits that uvicorn lacks: header and body read timeouts, a header size limit,
+and a bound on open connections.
+
+uvicorn reads a request's headers with no time or size limit and accepts connections until the
+process runs out of file descriptors, so a few thousand idle or dribbling sockets lock every client
+out (nothing logged), and one 64 MB header stalls the event loop for seconds. `LimitedHttpProtocol`
+is uvicorn's httptools protocol with those limits added; `reward-service` passes it as uvicorn's
+`http` protocol (by import path, so that `--workers N` processes load it too). It reads its limits
+from the REWARD_* settings, like the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import resource
+import time
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from reward_service.settings import ServiceSettings
+
+PROTOCOL_PATH = "reward_service.connections:LimitedHttpProtocol"
+# File descriptors kept for what is not a client connection (engine sockets, model files, logs).
+RESERVED_FDS = 128
+REFUSAL_LOG_EVERY_S = 10.0
+log = logging.getLogger("reward_service")
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's open-file soft limit to its hard limit (children inherit it); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def connection_bound(settings: ServiceSettings) -> int:
+    """REWARD_MAX_CONNECTIONS, lowered to what the open-file limit allows (with a warning)."""
+    fd_limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    allowed = max(1, fd_limit - RESERVED_FDS)
+    if settings.max_connections > allowed:
+        log.warning(
+            "REWARD_MAX_CONNECTIONS=%d exceeds what the open-file limit (%d) allows; using %d. "
+            "Raise the limit (ulimit -n, or the container's nofile) to allow more.",
+            settings.max_connections,
+            fd_limit,
+            allowed,
+        )
+        return allowed
+    return settings.max_connections
+
+
+@functools.cache
+def _limits() -> tuple[ServiceSettings, int]:
+    settings = ServiceSettings()
+    return settings, connection_bound(settings)
+
+
+def _plain_response(status_line: bytes, detail: str, extra_headers: bytes = b"") -> bytes:
+    body = json.dumps({"detail": detail}).encode()
+    return (
+        status_line
+        + b"content-type: application/json\r\n"
+        + extra_headers
+        + b"content-length: "
+        + str(len(body)).encode()
+        + b"\r\nconnection: close\r\n\r\n"
+        + body
+    )
+
+
+class _RateLimitedWarning:
+    """Counts events and logs them at most once per interval, so a flood logs a line, not thousands."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message  # formatted with (count, open connections, bound)
+        self.count = 0
+        self.last_logged = -REFUSAL_LOG_EVERY_S
+
+    def note(self, open_connections: int, bound: int) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last_logged >= REFUSAL_LOG_EVERY_S:
+            log.warning(self.message, self.count, open_connections, bound)
+            self.count, self.last_logged = 0, now
+
+
+_evictions = _RateLimitedWarning(
+    "closed %d connection(s) that had sent no complete request, to admit new ones: "
+    "%d open, REWARD_MAX_CONNECTIONS=%d"
+)
+_refusals = _RateLimitedWarning(
+    "refused %d connection(s) with 503, every open one being busy: %d open, REWARD_MAX_CONNECTIONS=%d"
+)
+# Connections waiting for a request's headers, oldest first: what is evicted when the bound is hit.
+_awaiting_headers: dict[LimitedHttpProtocol, None] = {}
+
+
+class LimitedHttpProtocol(HttpToolsProtocol):
+    """One HTTP/1.1 connection with read timeouts, a header size limit and a global bound."""
+
+    _header_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
+    _header_bytes = 0
+    _reading_headers = False
+    _refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        settings, bound = _limits()
+        if len(self.connections) >= bound and not self._evict_oldest_waiting(bound):
+            self._refused = True
+            self.transport = transport
+            _refusals.note(len(self.connections), bound)
+            transport.write(
+                _plain_response(
+                    b"HTTP/1.1 503 Service Unavailable\r\n",
+                    "too many open connections; retry later",
+                    b"retry-after: %d\r\n" % settings.retry_after_s,
+                )
+            )
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._await_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_awaiting_headers()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if self._refused:
+            return
+        super().connection_lost(exc)
+
+    @staticmethod
+    def _evict_oldest_waiting(bound: int) -> bool:
+        """Close the connection that has waited longest for a request's headers, if any.
+
+        A client sends its headers as soon as it connects, so the longest-silent connection is the
+        likeliest to be idle or hostile; closing it keeps the server reachable under a flood of them.
+        """
+        for oldest in _awaiting_headers:
+            _evictions.note(len(oldest.connections), bound)
+            oldest._reject(
+                b"HTTP/1.1 408 Request Timeout\r\n", "closed to admit new connections: no request received"
+            )
+            oldest._stop_awaiting_headers()
+            return True
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if not self._reading_headers and (self.cycle is None or self.cycle.response_complete):
+            self._await_headers()  # the next request on a kept-alive connection
+        super().data_received(data)
+        if self._reading_headers and not self.transport.is_closing():
+            # Only bytes of a request whose headers are still incomplete count: a chunk that
+            # completes them (and carries body bytes) has already cleared _reading_headers.
+            self._header_bytes += len(data)
+            if self._header_bytes > _limits()[0].max_header_bytes:
+                self._reject(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+                    "request line and headers exceed REWARD_MAX_HEADER_BYTES",
+                )
+
+    def on_headers_complete(self) -> None:
+        self._stop_awaiting_headers()
+        self._body_timer = self.loop.call_later(_limits()[0].body_timeout_s, self._body_timed_out)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super().on_message_complete()
+
+    def _await_headers(self) -> None:
+        self._reading_headers = True
+        self._header_bytes = 0
+        _awaiting_headers[self] = None
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(_limits()[0].header_timeout_s, self._headers_timed_out)
+
+    def _stop_awaiting_headers(self) -> None:
+        self._reading_headers = False
+        _awaiting_headers.pop(self, None)
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_timed_out(self) -> None:
+        self._header_timer = None
+        if self._reading_headers:
+            self._stop_awaiting_headers()
+            self._reject(
+                b"HTTP/1.1 408 Request Timeout\r\n",
+                "request headers not received within REWARD_HEADER_TIMEOUT_S",
+            )
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.cycle is not None and self.cycle.more_body and not self.cycle.response_started:
+            self.cycle.disconnected = True  # the app's receive() now reports a disconnect
+            self.cycle.message_event.set()
+            self._reject(
+                b"HTTP/1.1 408 Request Timeout\r\n",
+                "request body not received within REWARD_BODY_TIMEOUT_S",
+            )
+
+    def _reject(self, status_line: bytes, detail: str) -> None:
+        if self.transport.is_closing():
+            return
+        self.transport.write(_plain_response(status_line, detail))
+        self.transport.close()
