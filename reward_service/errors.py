@@ -48,6 +48,12 @@ class UpstreamTimeout(UpstreamFailed):
     status_code = 504
 
 
+class DeadlineExceeded(ServiceError):
+    """Scoring did not finish within the request's deadline; the work under way is cancelled."""
+
+    status_code = 504
+
+
 class UpstreamRejected(UpstreamFailed):
     """The remote scorer refused for a reason a retry cannot fix (access denied, invalid model id,
     content filter). 424, not 502, so that clients, which retry 502, give up at once."""

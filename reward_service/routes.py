@@ -15,12 +15,14 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from reward_service.allocator import LARGE_REQUEST_CHARS, release_freed_memory
-from reward_service.errors import InvalidInput, ScoringFailed, ServiceError
+from reward_service.deadline import request_budget_s
+from reward_service.errors import DeadlineExceeded, InvalidInput, ScoringFailed, ServiceError
 from reward_service.metrics import ServiceMetrics
 from reward_service.scorers import ScoreOptions, ScorerRegistry
 from reward_service.security import has_api_key
 from reward_service.settings import ServiceSettings
 from reward_service.validation import check_count, check_limits, check_texts
+from shared.client import TIMEOUT_HEADER
 from shared.schemas import (
     ErrorBody,
     Limits,
@@ -44,7 +46,11 @@ _ERRORS = {
     424: {"model": ErrorBody, "description": "A remote scorer refused some inputs for good (no retry)."},
     502: {"model": ErrorBody, "description": "A remote scorer failed on some inputs."},
     503: {"model": ErrorBody, "description": "Queue full or scorer not ready; see Retry-After."},
-    504: {"model": ErrorBody, "description": "A remote scorer timed out on some inputs."},
+    504: {
+        "model": ErrorBody,
+        "description": "Not scored within the request's deadline (X-Reward-Timeout-Ms), or a remote "
+        "scorer timed out on some inputs.",
+    },
 }
 
 
@@ -100,10 +106,20 @@ async def _score(request: Request, route: str, scorer_name: str | None, body: Sc
     try:
         scorer = registry.get(scorer_name)
         texts = check_limits(body, settings)
+        budget_s = request_budget_s(request.headers, settings)
         options = ScoreOptions(
-            truncation_side=body.truncation_side or settings.truncation_side, return_labels=body.return_labels
+            truncation_side=body.truncation_side or settings.truncation_side,
+            return_labels=body.return_labels,
+            deadline=time.monotonic() + budget_s,
         )
-        output = await _unless_disconnected(request, scorer.score(texts, options))
+        try:
+            async with asyncio.timeout(budget_s):
+                output = await _unless_disconnected(request, scorer.score(texts, options))
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"scorer '{label}' could not score {len(texts)} input(s) within the request's deadline "
+                f"({budget_s:.1f} s: {TIMEOUT_HEADER} less a margin, or REWARD_REQUEST_TIMEOUT_S)"
+            ) from None
         status = 200
     except ServiceError as exc:
         status = exc.status_code

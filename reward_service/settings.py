@@ -51,6 +51,12 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="Request bodies larger than this get 413."
     )
+    request_timeout_s: float = Field(
+        default=55.0,
+        gt=0,
+        description="Longest a scoring request may take when the client does not send X-Reward-Timeout-Ms "
+        "(the shared client always does); past it, 504. Below the client's default 60 s per attempt.",
+    )
     max_header_bytes: int = Field(
         default=64 * 1024, ge=1024, description="Request line and headers larger than this get 431."
     )

@@ -1,7 +1,13 @@
 """Wire schemas and HTTP clients for the RLAIF reward service (no torch needed)."""
 
 from shared.client import AsyncRewardClient, RetryPolicy, RewardClient, parse_base_urls
-from shared.errors import RewardClientError, RewardRequestError, RewardServiceUnavailable
+from shared.errors import (
+    RewardClientError,
+    RewardRequestError,
+    RewardResponseError,
+    RewardScoringError,
+    RewardServiceUnavailable,
+)
 from shared.schemas import (
     LabelScore,
     OpenRLHFRequest,
@@ -21,6 +27,8 @@ __all__ = [
     "RewardClient",
     "RewardClientError",
     "RewardRequestError",
+    "RewardResponseError",
+    "RewardScoringError",
     "RewardServiceUnavailable",
     "ScoreRequest",
     "ScoreResponse",

@@ -1,9 +1,12 @@
 """HTTP clients for the reward service: `RewardClient` (sync) and `AsyncRewardClient` (asyncio).
 
-Both spread requests over one or more base URLs, fail over when a server is down, retry connection
-errors and 429/502/503/504 with backoff (honouring `Retry-After`), split large lists into chunks the
-server accepts, and raise `RewardServiceUnavailable` when they give up. They never return partial or
-made-up scores: a call returns one score per input or raises.
+Both spread requests over one or more base URLs, skip a server that failed (longer each time it fails
+again, longest for one that hung), retry connection errors, timeouts and 408/429/502/503/504 with
+backoff (honouring `Retry-After`, capped) until the call's deadline, split large lists into chunks the
+server accepts, and raise a subclass of `RewardClientError` (see `shared.errors`) when they give up.
+Each attempt tells the server how long it will wait (`X-Reward-Timeout-Ms`), so the server answers
+504 before the client stops listening. They never return partial or made-up scores: a call returns
+one score per input or raises.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import ValidationError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -24,15 +29,22 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_after_delay,
+    stop_before_delay,
     wait_exponential_jitter,
 )
 
-from shared.errors import RewardClientError, RewardRequestError, RewardServiceUnavailable
+from shared.errors import (
+    RewardRequestError,
+    RewardResponseError,
+    RewardScoringError,
+    RewardServiceUnavailable,
+)
 from shared.schemas import ScoreOn, ScoreRequest, ScoreResponse, ScorersResponse, TruncationSide
 
-RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
-DEFAULT_MAX_ITEMS = 1024
+RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
+# How long the client will wait for this attempt; the service answers 504 before it passes.
+TIMEOUT_HEADER = "X-Reward-Timeout-Ms"
+ModelT = TypeVar("ModelT", ScoreResponse, ScorersResponse)
 
 
 class _RetryableFailure(Exception):
@@ -47,14 +59,22 @@ class _RetryableFailure(Exception):
 
 @dataclass
 class RetryPolicy:
-    """How long and how often to retry before giving up."""
+    """How long and how often to retry before giving up.
+
+    `max_total_s` is the deadline of one call (of each chunk of it): no attempt and no wait goes past
+    it. A server that refused a connection is skipped for `down_cooldown_s`, one that timed out (it
+    accepts connections but does not answer) for `timeout_cooldown_s`; each doubles while the server
+    keeps failing, up to `max_down_s`, and resets when it answers.
+    """
 
     max_attempts: int = 8
     max_total_s: float = 120.0
     initial_backoff_s: float = 0.2
     max_backoff_s: float = 10.0
     down_cooldown_s: float = 5.0
-    max_retry_after_s: float = 60.0
+    timeout_cooldown_s: float = 30.0
+    max_down_s: float = 300.0
+    max_retry_after_s: float = 30.0
 
     def tenacity_kwargs(self) -> dict[str, Any]:
         backoff = wait_exponential_jitter(
@@ -64,13 +84,15 @@ class RetryPolicy:
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, _RetryableFailure) and exc.retry_after is not None:
-                # The server knows best when it will have room; only an absurd value is capped.
+                # The server knows best when it will have room, but a proxy's `Retry-After: 3600`
+                # must not stall training for an hour.
                 return min(exc.retry_after, self.max_retry_after_s)
             return backoff(state)
 
         return {
             "retry": retry_if_exception_type(_RetryableFailure),
-            "stop": stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_total_s),
+            # stop_before_delay: no wait that would end past the deadline.
+            "stop": stop_after_attempt(self.max_attempts) | stop_before_delay(self.max_total_s),
             "wait": wait,
             "reraise": False,
         }
@@ -78,11 +100,12 @@ class RetryPolicy:
 
 @dataclass
 class _ServerPool:
-    """Round-robin over base URLs, skipping for a while the ones that just failed."""
+    """Round-robin over base URLs, skipping for a while (longer each time) the ones that just failed."""
 
     urls: list[str]
-    cooldown_s: float
+    max_down_s: float
     _down_until: dict[str, float] = field(default_factory=dict)
+    _failures: dict[str, int] = field(default_factory=dict)
     _cycle: Iterator[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -94,14 +117,17 @@ class _ServerPool:
             url = next(self._cycle)
             if self._down_until.get(url, 0.0) <= now:
                 return url
-        # Every server failed recently: try the one that has been down the longest.
+        # Every server failed recently: try the one whose cool-down ends first.
         return min(self.urls, key=lambda u: self._down_until.get(u, 0.0))
 
-    def mark_down(self, url: str) -> None:
-        self._down_until[url] = time.monotonic() + self.cooldown_s
+    def mark_down(self, url: str, cooldown_s: float) -> None:
+        failures = self._failures[url] = self._failures.get(url, 0) + 1
+        skip_s = min(self.max_down_s, cooldown_s * 2 ** (failures - 1))
+        self._down_until[url] = time.monotonic() + skip_s
 
     def mark_up(self, url: str) -> None:
         self._down_until.pop(url, None)
+        self._failures.pop(url, None)
 
 
 def parse_base_urls(base_urls: str | Sequence[str]) -> list[str]:
@@ -117,12 +143,17 @@ def parse_base_urls(base_urls: str | Sequence[str]) -> list[str]:
 
 
 def _retry_after_seconds(response: httpx.Response) -> float | None:
+    """`Retry-After` in seconds: a number, or an HTTP date."""
     value = response.headers.get("retry-after")
     if value is None:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
         return None
 
 
@@ -136,13 +167,24 @@ def _detail(response: httpx.Response) -> object:
 
 def _check(response: httpx.Response, url: str) -> Any:
     """Return the JSON body of a 2xx answer, or raise the matching client error."""
-    if response.status_code in RETRYABLE_STATUSES:
-        raise _RetryableFailure(
-            url, f"HTTP {response.status_code}: {_detail(response)}", _retry_after_seconds(response)
-        )
+    status = response.status_code
+    if status in RETRYABLE_STATUSES:
+        raise _RetryableFailure(url, f"HTTP {status}: {_detail(response)}", _retry_after_seconds(response))
+    if status == 424 or status >= 500:
+        raise RewardScoringError(status, _detail(response), url)
     if response.is_error:
-        raise RewardRequestError(response.status_code, _detail(response), url)
-    return response.json()
+        raise RewardRequestError(status, _detail(response), url)
+    try:
+        return response.json()
+    except ValueError:
+        raise RewardResponseError(f"HTTP {status} body is not JSON: {response.text[:200]!r}", url) from None
+
+
+def _validated(model: type[ModelT], body: Any, url: str) -> ModelT:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise RewardResponseError(f"not a {model.__name__}: {exc}", url) from None
 
 
 def _score_path(scorer: str | None) -> str:
@@ -204,12 +246,10 @@ def _build_request(
 
 def _parse_chunk(body: Any, payload: dict[str, Any], url: str) -> ScoreResponse:
     """The server's answer to one chunk, checked to hold exactly one score per input."""
-    response = ScoreResponse.model_validate(body)
+    response = _validated(ScoreResponse, body, url)
     expected = len(payload["texts"] if "texts" in payload else payload["responses"])
     if len(response.scores) != expected:
-        raise RewardClientError(
-            f"reward service at {url} returned {len(response.scores)} scores for {expected} inputs"
-        )
+        raise RewardResponseError(f"{len(response.scores)} scores for {expected} inputs", url)
     return response
 
 
@@ -223,16 +263,31 @@ class _ClientBase:
         retry: RetryPolicy | None = None,
         max_items_per_request: int | None = None,
     ) -> None:
+        """`timeout_s` bounds one attempt; `retry.max_total_s` bounds the whole call (all attempts)."""
         self.retry = retry or RetryPolicy()
-        self._pool = _ServerPool(parse_base_urls(base_urls), self.retry.down_cooldown_s)
+        self._pool = _ServerPool(parse_base_urls(base_urls), self.retry.max_down_s)
         key = api_key if api_key is not None else os.environ.get("REWARD_API_KEY")
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
+        self._attempt_timeout_s = timeout_s
         self._max_items = max_items_per_request
 
     @property
     def base_urls(self) -> list[str]:
         return list(self._pool.urls)
+
+    def _attempt_options(self, deadline: float) -> dict[str, Any]:
+        """httpx options of one attempt: its timeout (what is left of the call's deadline, at most
+        `timeout_s`), also sent to the server so that it answers in time."""
+        seconds = max(0.001, min(self._attempt_timeout_s, deadline - time.monotonic()))
+        return {
+            "timeout": httpx.Timeout(seconds, connect=min(seconds, 10.0)),
+            "headers": {TIMEOUT_HEADER: str(max(1, int(seconds * 1000)))},
+        }
+
+    def _transport_failure(self, url: str, exc: httpx.TransportError) -> _RetryableFailure:
+        hung = isinstance(exc, httpx.TimeoutException)
+        self._pool.mark_down(url, self.retry.timeout_cooldown_s if hung else self.retry.down_cooldown_s)
+        return _RetryableFailure(url, f"{type(exc).__name__}: {exc}")
 
     def _give_up(self, error: RetryError, what: str) -> RewardServiceUnavailable:
         last = error.last_attempt.exception()
@@ -248,7 +303,7 @@ class RewardClient(_ClientBase):
 
     def __init__(self, base_urls: str | Sequence[str], **kwargs: Any) -> None:
         super().__init__(base_urls, **kwargs)
-        self._http = httpx.Client(timeout=self._timeout, headers=self._headers)
+        self._http = httpx.Client(headers=self._headers)
 
     def __enter__(self) -> RewardClient:
         return self
@@ -260,13 +315,15 @@ class RewardClient(_ClientBase):
         self._http.close()
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[Any, str]:
+        deadline = time.monotonic() + self.retry.max_total_s
+
         def attempt() -> tuple[Any, str]:
             url = self._pool.next_url()
+            options = self._attempt_options(deadline)
             try:
-                response = self._http.request(method, url + path, json=body)
+                response = self._http.request(method, url + path, json=body, **options)
             except httpx.TransportError as exc:
-                self._pool.mark_down(url)
-                raise _RetryableFailure(url, f"{type(exc).__name__}: {exc}") from exc
+                raise self._transport_failure(url, exc) from exc
             self._pool.mark_up(url)
             return _check(response, url), url
 
@@ -276,8 +333,8 @@ class RewardClient(_ClientBase):
             raise self._give_up(error, f"{method} {path}") from None
 
     def scorers(self) -> ScorersResponse:
-        body, _ = self._call("GET", "/scorers")
-        return ScorersResponse.model_validate(body)
+        body, url = self._call("GET", "/scorers")
+        return _validated(ScorersResponse, body, url)
 
     def _chunk_size(self) -> int:
         if self._max_items is None:
@@ -309,7 +366,7 @@ class AsyncRewardClient(_ClientBase):
 
     def __init__(self, base_urls: str | Sequence[str], **kwargs: Any) -> None:
         super().__init__(base_urls, **kwargs)
-        self._http = httpx.AsyncClient(timeout=self._timeout, headers=self._headers)
+        self._http = httpx.AsyncClient(headers=self._headers)
         self._limits_lock = asyncio.Lock()
 
     async def __aenter__(self) -> AsyncRewardClient:
@@ -322,13 +379,15 @@ class AsyncRewardClient(_ClientBase):
         await self._http.aclose()
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[Any, str]:
+        deadline = time.monotonic() + self.retry.max_total_s
+
         async def attempt() -> tuple[Any, str]:
             url = self._pool.next_url()
+            options = self._attempt_options(deadline)
             try:
-                response = await self._http.request(method, url + path, json=body)
+                response = await self._http.request(method, url + path, json=body, **options)
             except httpx.TransportError as exc:
-                self._pool.mark_down(url)
-                raise _RetryableFailure(url, f"{type(exc).__name__}: {exc}") from exc
+                raise self._transport_failure(url, exc) from exc
             self._pool.mark_up(url)
             return _check(response, url), url
 
@@ -338,8 +397,8 @@ class AsyncRewardClient(_ClientBase):
             raise self._give_up(error, f"{method} {path}") from None
 
     async def scorers(self) -> ScorersResponse:
-        body, _ = await self._call("GET", "/scorers")
-        return ScorersResponse.model_validate(body)
+        body, url = await self._call("GET", "/scorers")
+        return _validated(ScorersResponse, body, url)
 
     async def _chunk_size(self) -> int:
         async with self._limits_lock:

@@ -129,7 +129,8 @@ class FakeBedrock:
             self.in_flight -= 1
         if isinstance(reply.body, dict):
             return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
-        return Response(str(reply.body), status_code=reply.status, headers=reply.headers)
+        body = reply.body if isinstance(reply.body, bytes) else str(reply.body)
+        return Response(body, status_code=reply.status, headers=reply.headers)
 
 
 @contextmanager

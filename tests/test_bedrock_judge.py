@@ -122,13 +122,25 @@ def test_a_text_answer_to_a_tool_request_is_still_read(fake_bedrock: FakeBedrock
         converse_reply([{"toolUse": {"toolUseId": "t", "name": "record_score", "input": {}}}], "tool_use"),
         converse_reply([], "max_tokens"),
         Reply(body="<html>not json</html>"),
+        Reply(body=b'{"output": {"message": {"content": [{"text": "\xff\xfe 3"}]}}}'),
+        tool_reply(10**400),
+        converse_reply({"text": "3"}, "end_turn"),  # type: ignore[arg-type]
+        text_reply("Score: 3. Actually I would say 4 out of 5."),
+        text_reply("Score: 3 (on a scale from -5 to 5)... or 2"),
     ],
 )
-def test_malformed_replies_fail_the_request_and_invent_nothing(fake_bedrock: FakeBedrock, bad: Reply) -> None:
+def test_malformed_replies_fail_the_request_for_good_and_invent_nothing(
+    fake_bedrock: FakeBedrock, bad: Reply
+) -> None:
     fake_bedrock.handler = lambda text, request: bad if text == HATE else article_judge(text, request)
-    error = error_of(bedrock_settings(fake_bedrock), [LIKE, HATE, LIKE])
-    assert error.status_code == 502
+    metrics = ServiceMetrics()
+    (error,) = run_batches(bedrock_settings(fake_bedrock), [LIKE, HATE, LIKE], metrics=metrics)
+    assert isinstance(error, UpstreamFailed)
+    # 424, not 502: the model answered, and asking again would give the same answer.
+    assert error.status_code == 424
     assert "could not score 1 of 3 texts" in error.detail and "malformed" in error.detail
+    assert fake_bedrock.calls_for(HATE) == 1  # no retry upstream either
+    assert counter(metrics, "reward_judge_calls_total", scorer="claude-bedrock", outcome="malformed") == 1
 
 
 def test_throttling_is_retried_by_botocore_then_succeeds(fake_bedrock: FakeBedrock) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from reward_service.app import create_app
+from shared.client import TIMEOUT_HEADER
 from tests.conftest import bedrock_settings, isolate_aws, service_settings
 from tests.fake_bedrock import FakeBedrock, error_reply
 from tests.live_server import serving
@@ -77,3 +79,43 @@ def test_ensemble_is_the_weighted_sum_of_its_members_and_returns_them(
         [0.5 * r + 0.5 * j for r, j in zip(roberta, judge, strict=True)], abs=1e-4
     )
     assert len(fake_bedrock.calls) == 2  # the judge's second request came from its cache
+
+
+def test_a_throttled_judge_answers_504_before_the_clients_deadline_and_stops_retrying(
+    fake_bedrock: FakeBedrock,
+) -> None:
+    fake_bedrock.handler = lambda text, request: error_reply(429, "ThrottlingException", "Too many requests")
+    settings = bedrock_settings(fake_bedrock, bedrock_retry_total_s=60, bedrock_max_attempts=1)
+    with serving(create_app(settings)) as server:
+        started = time.monotonic()
+        response = httpx.post(
+            server.url + "/score",
+            json={"texts": [LIKE, HATE]},
+            headers={TIMEOUT_HEADER: "2000"},
+            timeout=30,
+        )
+        took = time.monotonic() - started
+        calls_at_answer = len(fake_bedrock.calls)
+        time.sleep(1.5)
+        metrics = httpx.get(server.url + "/metrics").text
+    # Not after the 60 s retry budget: within the 2 s the client said it would wait.
+    assert response.status_code == 504 and took < 2.0
+    assert "deadline" in response.json()["detail"]
+    # The judge threads stopped retrying once the deadline had passed.
+    assert len(fake_bedrock.calls) <= calls_at_answer + 2
+    assert 'reward_requests_total{route="/score",scorer="claude-bedrock",status="504"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5"])
+def test_a_bad_timeout_header_is_a_422_naming_it(fake_bedrock: FakeBedrock, value: str) -> None:
+    with serving(create_app(bedrock_settings(fake_bedrock))) as server:
+        response = httpx.post(server.url + "/score", json={"texts": [LIKE]}, headers={TIMEOUT_HEADER: value})
+    assert response.status_code == 422 and TIMEOUT_HEADER in response.json()["detail"]
+
+
+def test_without_a_timeout_header_the_service_default_bounds_a_request(fake_bedrock: FakeBedrock) -> None:
+    fake_bedrock.latency_s = 5.0
+    settings = bedrock_settings(fake_bedrock, request_timeout_s=1.0)
+    with serving(create_app(settings)) as server:
+        response = httpx.post(server.url + "/score", json={"texts": [LIKE]}, timeout=30)
+    assert response.status_code == 504 and "REWARD_REQUEST_TIMEOUT_S" in response.json()["detail"]

@@ -64,6 +64,14 @@ def test_batches_fit_the_token_budget_and_are_sorted_by_length() -> None:
         assert [i.length for i in batch] == sorted(i.length for i in batch)
 
 
+def test_the_item_cap_limits_a_batch_when_the_token_budget_would_allow_more() -> None:
+    scheduler = FairScheduler(max_batch_tokens=100_000, max_batch_items=3, queue_capacity=100)
+    scheduler.add(queued(1, [5] * 10))
+    batches = scheduler.next_window()
+    assert [len(batch) for batch in batches] == [3, 3, 3, 1]
+    assert sorted(item.index for batch in batches for item in batch) == list(range(10))
+
+
 def test_a_full_queue_refuses_a_request_whole_and_a_cancelled_one_leaves_it() -> None:
     scheduler = FairScheduler(max_batch_tokens=1000, max_batch_items=8, queue_capacity=10)
     assert scheduler.add(queued(1, [5] * 8))

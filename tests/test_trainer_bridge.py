@@ -59,6 +59,37 @@ def test_split_and_decode_are_exact(policy_tokenizer) -> None:
     assert model.decode_rows(rows, context) == (queries, responses)
 
 
+@pytest.mark.parametrize("pad_is_eos", [False, True], ids=["own-pad", "pad-is-eos"])
+def test_decode_drops_eos_and_padding_as_trl_rollouts_carry_them(policy_tokenizer, pad_is_eos: bool) -> None:
+    """Rows as PPO's rollout makes them: left-padded query, then the generated response, its EOS, and
+    padding after it (TRL fills past the stop token with pad, which is EOS for GPT-2 style models)."""
+    tokenizer = policy_tokenizer
+    eos = tokenizer.eos_token_id
+    pad = eos if pad_is_eos else tokenizer.pad_token_id
+    queries = ["Summarize the following conversation. Human: hi", "Short"]
+    responses = ["I like you.", "Have a lovely day and thank you for your help."]
+    encoded = [tokenizer(q)["input_ids"] for q in queries]
+    context = max(map(len, encoded))
+    query_part = [[pad] * (context - len(ids)) + ids for ids in encoded]
+    generated = [tokenizer(r)["input_ids"] + [eos] for r in responses]
+    width = max(map(len, generated)) + 3
+    response_part = [ids + [pad] * (width - len(ids)) for ids in generated]
+    rows = torch.tensor([q + r for q, r in zip(query_part, response_part, strict=True)])
+    assert (rows == eos).sum() >= 2 and (rows == pad).any()
+    if pad_is_eos:
+        tokenizer = _with_pad(tokenizer, eos)
+    model = RemoteRewardModel(client=None, tokenizer=tokenizer)  # type: ignore[arg-type]
+    assert model.decode_rows(rows, context) == (queries, responses)
+
+
+def _with_pad(tokenizer, pad_id: int):
+    import copy
+
+    clone = copy.deepcopy(tokenizer)
+    clone.pad_token = clone.convert_ids_to_tokens(pad_id)
+    return clone
+
+
 def test_scores_reach_trl_in_order_on_the_rows_device(live_service: LiveServer, policy_tokenizer) -> None:
     reward_bridge.install()
     reward_bridge.install()  # idempotent: routing twice must not wrap twice

@@ -24,7 +24,7 @@ from shared.client import RewardClient  # noqa: E402
 from tests.live_server import LiveServer  # noqa: E402
 from trainer.cli import run_evaluation  # noqa: E402
 from trainer.config import RLAIFArguments  # noqa: E402
-from trainer.evaluate import EvalReport, read_rows, summarise  # noqa: E402
+from trainer.evaluate import EvalReport, change_pct, read_rows, summarise  # noqa: E402
 from trainer.train import TRAIN_LOG, build_trainer, load_policy, run_training  # noqa: E402
 
 STEPS = 30
@@ -147,3 +147,14 @@ def test_report_files_match_a_recomputation(trained: Run, live_service: LiveServ
     markdown = (out / "report.md").read_text()
     assert f"{before_mean:.4f}" in markdown and f"{after_mean:.4f}" in markdown
     assert markdown.count("\n| Summarize the following conversation.") == 10
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [(2.0, 3.0, 50.0), (-2.0, -1.0, 50.0), (-2.0, -3.0, -50.0), (-1.0, 1.0, 200.0), (0.0, 1.0, None)],
+)
+def test_change_pct_is_an_improvement_when_the_mean_rises_even_from_a_negative_start(
+    before: float, after: float, expected: float | None
+) -> None:
+    # Rewards are logits: a mean going from -2 to -1 is half the distance to 0 gained, +50%.
+    assert change_pct(before, after) == expected

@@ -117,6 +117,8 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
 
 
 def change_pct(before: float, after: float) -> float | None:
+    """Percent change of a mean, relative to the size of `before`: positive when the mean rose, also
+    from a negative start (-2 -> -1 is +50%); None when `before` is 0."""
     return None if before == 0 else 100.0 * (after - before) / abs(before)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from shared.schemas import LabelScore, ScorerInfo, TruncationSide
 class ScoreOptions:
     truncation_side: TruncationSide
     return_labels: bool = False
+    # time.monotonic() by which the answer is due; scorers stop retrying upstream calls past it.
+    deadline: float = math.inf
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -208,7 +209,10 @@ class BedrockJudge(Scorer):
         todo = [text for text in keys if text not in answers]
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(
-            *(loop.run_in_executor(pool, self._judge, text, template, keys[text]) for text in todo),
+            *(
+                loop.run_in_executor(pool, self._judge, text, template, keys[text], options.deadline)
+                for text in todo
+            ),
             return_exceptions=True,
         )
         failures: dict[str, JudgeFailure] = {}
@@ -240,13 +244,16 @@ class BedrockJudge(Scorer):
         timeouts_only = all(f.timeout for f in failures.values())
         return UpstreamTimeout(detail) if timeouts_only else UpstreamFailed(detail)
 
-    def _judge(self, text: str, template: JudgeTemplate, key: tuple[str, str, str]) -> float:
+    def _judge(self, text: str, template: JudgeTemplate, key: tuple[str, str, str], deadline: float) -> float:
         """The judge's number for one text (worker thread); JudgeFailure when there is none.
 
         Cached here rather than by the caller, so an answer is kept even when its request was cancelled.
+        No retry starts after the request's deadline (`time.monotonic()`): nobody would get its answer.
         """
+        if time.monotonic() >= deadline:
+            raise JudgeFailure("deadline", "the request's deadline passed before the call", timeout=True)
         try:
-            response = self._retrying()(self._converse, text, template)
+            response = self._retrying(deadline)(self._converse, text, template)
             value = self._read(response, template)
         except JudgeFailure as failure:
             self._metrics.judge_calls.labels(self.name, failure.reason).inc()
@@ -262,11 +269,14 @@ class BedrockJudge(Scorer):
         self._cache.put(key, value)
         return value
 
-    def _retrying(self) -> Retrying:
+    def _retrying(self, deadline: float) -> Retrying:
         # A new controller per text: Retrying keeps per-call state and texts run on many threads.
+        def past_deadline(state: RetryCallState) -> bool:
+            return time.monotonic() + (state.upcoming_sleep or 0.0) >= deadline
+
         return Retrying(
             retry=retry_if_exception(is_transient),
-            stop=stop_after_delay(self._settings.bedrock_retry_total_s),
+            stop=stop_after_delay(self._settings.bedrock_retry_total_s) | past_deadline,
             wait=wait_exponential(multiplier=0.5, max=8.0) + wait_random(0, 0.5),
             before_sleep=self._count_retry,
             reraise=True,
@@ -297,7 +307,16 @@ class BedrockJudge(Scorer):
                 ],
                 "toolChoice": {"tool": {"name": TOOL_NAME}},
             }
-        return self._client.converse(**request)
+        try:
+            return self._client.converse(**request)
+        except (ClientError, BotoCoreError):
+            raise
+        except (AttributeError, TypeError, KeyError, ValueError) as exc:
+            # botocore failed to parse a 200 reply (not UTF-8, content not a list, ...): the model's
+            # answer is unreadable, like any other malformed one. UnicodeDecodeError is a ValueError.
+            raise JudgeFailure(
+                "malformed", f"the reply could not be parsed: {type(exc).__name__}: {exc}", permanent=True
+            ) from exc
 
     def _read(self, response: dict[str, Any], template: JudgeTemplate) -> float:
         """The number in a Converse reply: the forced tool's input, else parsed from the text."""
@@ -307,14 +326,14 @@ class BedrockJudge(Scorer):
             raise JudgeFailure(
                 stop, "Bedrock withheld the judge's answer (content filter or guardrail)", permanent=True
             )
-        content = (response.get("output") or {}).get("message", {}).get("content") or []
         try:
+            content = _content_blocks(response)
             for block in content:
                 tool = block.get("toolUse")
-                if tool and tool.get("name") == TOOL_NAME:
+                if isinstance(tool, dict) and tool.get("name") == TOOL_NAME:
                     arguments = tool.get("input")
                     if not isinstance(arguments, dict) or "score" not in arguments:
-                        raise MalformedReply(f"tool input {arguments!r} has no 'score'")
+                        raise MalformedReply(f"tool input {str(arguments)[:80]!r} has no 'score'")
                     return template.check(arguments["score"])
             text = "".join(str(block.get("text", "")) for block in content)
             if text.strip():
@@ -322,4 +341,18 @@ class BedrockJudge(Scorer):
             raise MalformedReply("the reply has neither a tool call nor text")
         except MalformedReply as exc:
             hint = " (reply cut at REWARD_BEDROCK_MAX_TOKENS)" if stop == "max_tokens" else ""
-            raise JudgeFailure("malformed", f"{exc}; stopReason {stop!r}{hint}") from exc
+            # The model answered, and asking again at temperature 0 gives the same answer: a permanent
+            # failure (424), which clients do not retry.
+            raise JudgeFailure("malformed", f"{exc}; stopReason {stop!r}{hint}", permanent=True) from exc
+
+
+def _content_blocks(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reply's content blocks, or MalformedReply when the reply does not have the Converse shape."""
+    output = response.get("output")
+    message = output.get("message") if isinstance(output, dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    if content is None:
+        return []
+    if not isinstance(content, list) or not all(isinstance(block, dict) for block in content):
+        raise MalformedReply(f"content {str(content)[:80]!r} is not a list of blocks")
+    return content

@@ -60,8 +60,9 @@ class JudgeTemplate:
             raise MalformedReply(f"score {value!r} is not a number")
         try:
             number = float(value)
-        except ValueError:
-            raise MalformedReply(f"score {value!r} is not a number") from None
+        except (ValueError, OverflowError):  # OverflowError: a 400-digit integer
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise MalformedReply(f"score {shown} is not a number in range") from None
         if not math.isfinite(number):
             raise MalformedReply(f"score {value!r} is not finite")
         if self.integer and not number.is_integer():
@@ -146,24 +147,43 @@ def load_template(choice: str) -> JudgeTemplate:
 _NUMBER = r"[-+\u2212]?\d+(?:\.\d+)?"
 # "Rate: -4", "Score = 3.5", "rating is +2", "**-4**/5" ...
 _LABELLED = re.compile(rf"(?:rate|rating|score)\s*(?:is|of|:|=)?\s*\**\s*({_NUMBER})", re.IGNORECASE)
-_OUT_OF = re.compile(rf"({_NUMBER})\s*/\s*\d+")
+_OUT_OF = re.compile(rf"({_NUMBER})\s*(?:/|out of)\s*(\d+)", re.IGNORECASE)
+# "from -5 to +5", "between 1 and 5": the scale restated, when the two are the template's bounds.
+_RANGE = re.compile(rf"({_NUMBER})\s*(?:to|and)\s*({_NUMBER})", re.IGNORECASE)
 
 
 def parse_score_text(text: str, template: JudgeTemplate) -> float:
     """The judge's number in a text reply; MalformedReply when the reply is empty or ambiguous.
 
-    Accepted, in order: the reply is a number ("+5", "-4.", "**3**"); the reply holds exactly one
-    number; a number labelled rate/rating/score; a number written as "x/5".
+    Accepted: the reply is a number ("+5", "-4.", "**3**"); the reply holds exactly one number; or
+    every number in it belongs to labels ("rating: 3"), "x/5" or "x out of 5" forms that all give
+    the same score, or a restatement of the scale ("from -5 to +5"). A reply with two candidate
+    scores ("Score: 3. Actually I would say 4 out of 5.") is ambiguous and is not scored.
     """
     stripped = text.strip().strip("*`'\". ")
-    numbers = re.findall(_NUMBER, text)
+    numbers = [_as_float(n) for n in re.findall(_NUMBER, text)]
     if re.fullmatch(_NUMBER, stripped):
-        candidate = stripped
-    elif len(numbers) == 1:
-        candidate = numbers[0]
-    elif match := _LABELLED.search(text) or _OUT_OF.search(text):
-        candidate = match.group(1)
-    else:
-        shown = text if len(text) <= 80 else text[:77] + "..."
-        raise MalformedReply(f"no single number in the reply {shown!r}")
-    return template.check(candidate.replace("\u2212", "-"))
+        return template.check(_as_float(stripped))
+    if len(numbers) == 1:
+        return template.check(numbers[0])
+    candidates = {_as_float(m.group(1)) for m in _LABELLED.finditer(text)}
+    scales = set()
+    for match in _OUT_OF.finditer(text):
+        candidates.add(_as_float(match.group(1)))
+        scales.add(_as_float(match.group(2)))
+    bounds = {float(template.min_score), float(template.max_score)}
+    for match in _RANGE.finditer(text):
+        if {_as_float(match.group(1)), _as_float(match.group(2))} == bounds:
+            scales |= bounds
+    unexplained = [n for n in numbers if n not in candidates and n not in scales]
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    if len(candidates) != 1 or unexplained:
+        raise MalformedReply(f"no single score in the reply {shown!r}")
+    return template.check(candidates.pop())
+
+
+def _as_float(number: str) -> float:
+    try:
+        return float(number.replace("\u2212", "-"))
+    except OverflowError:
+        raise MalformedReply(f"{number[:37]}... is not a number in range") from None
