@@ -19,7 +19,7 @@ from reward_service.app import create_app  # noqa: E402
 from tests.conftest import service_settings  # noqa: E402
 from tests.live_server import LiveServer, free_port  # noqa: E402
 from tests.test_trainer_learning import tiny_ppo_config  # noqa: E402
-from trainer.cli import EXIT_REWARD_SERVICE, train_main  # noqa: E402
+from trainer.cli import EXIT_CONFIGURATION, train_main  # noqa: E402
 from trainer.config import RLAIFArguments  # noqa: E402
 from trainer.train import VALUE_MODEL_DIR, TrainingInterrupted, build_trainer, run_training  # noqa: E402
 
@@ -98,7 +98,7 @@ def test_service_down_mid_run_then_resume(tmp_path: Path, tiny_roberta: Path, st
     assert (out / "model.safetensors").exists()
 
 
-def test_cli_exits_with_a_clear_error_when_the_service_is_down(
+def test_cli_stops_before_loading_anything_when_the_service_is_down(
     tmp_path: Path, stand_ins, capsys: pytest.CaptureFixture[str]
 ) -> None:
     policy, data = stand_ins
@@ -117,7 +117,8 @@ def test_cli_exits_with_a_clear_error_when_the_service_is_down(
             "--report_to", "none",
         ]
     )  # fmt: skip
-    assert code == EXIT_REWARD_SERVICE
+    assert code == EXIT_CONFIGURATION
     err = capsys.readouterr().err
-    assert "reward service" in err and "--resume" in err and "ConnectError" in err
-    assert (out / "checkpoint-0" / VALUE_MODEL_DIR).is_dir()
+    assert "not reachable" in err and "--reward_url" in err and "Traceback" not in err
+    # Nothing trained, so nothing saved and no --resume offered.
+    assert not out.exists() and "--resume" not in err

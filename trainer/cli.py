@@ -15,6 +15,7 @@ from trl.experimental.ppo import PPOConfig
 from shared.errors import RewardClientError
 from trainer.config import RLAIFArguments, parse_args
 from trainer.evaluate import EvalReport, Sampling, evaluate_policies, write_report
+from trainer.preflight import PreflightError, check_trained_model, run_preflight
 from trainer.train import (
     TRAIN_LOG,
     TrainingInterrupted,
@@ -27,6 +28,7 @@ from trainer.train import (
 )
 
 EXIT_REWARD_SERVICE = 3
+EXIT_CONFIGURATION = 2
 
 
 def _setup_logging() -> None:
@@ -102,10 +104,21 @@ def _evaluate_and_report(
     return 0
 
 
+def _preflight_failed(script_args: RLAIFArguments, exc: PreflightError) -> int:
+    if script_args.show_traceback:
+        raise exc
+    print(f"error: {exc}", file=sys.stderr)
+    return EXIT_CONFIGURATION
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
     """Train with PPO against the reward service, then evaluate before/after."""
     _setup_logging()
     script_args, ppo_config, model_config = parse_args(argv)
+    try:
+        run_preflight(script_args)
+    except PreflightError as exc:
+        return _preflight_failed(script_args, exc)
     trainer, _, splits = build_trainer(script_args, ppo_config, model_config)
     try:
         result = run_training(trainer)
@@ -142,6 +155,11 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     tuned_path = Path(script_args.eval_model or ppo_config.output_dir)
     base = model_config.model_name_or_path
     assert base
+    try:
+        check_trained_model(tuned_path)
+        run_preflight(script_args)
+    except PreflightError as exc:
+        return _preflight_failed(script_args, exc)
     tokenizer = load_tokenizer(
         str(tuned_path) if (tuned_path / "tokenizer_config.json").exists() else base, model_config
     )

@@ -99,6 +99,9 @@ class RLAIFArguments(ScriptArguments):
     skip_eval: bool = field(
         default=False, metadata={"help": "Do not run the before/after evaluation at the end of training."}
     )
+    show_traceback: bool = field(
+        default=False, metadata={"help": "Show the full traceback of a configuration error."}
+    )
     resume: bool = field(
         default=False,
         metadata={
@@ -110,9 +113,29 @@ class RLAIFArguments(ScriptArguments):
         return self.reward_api_key or os.environ.get("REWARD_API_KEY")
 
 
+def bf16_supported() -> bool:
+    """Whether this machine's accelerator computes in bf16 (an Ampere or newer GPU)."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 @dataclass
 class RLAIFPPOConfig(PPOConfig):
-    """TRL's PPOConfig with two defaults changed for this project."""
+    """TRL's PPOConfig with three defaults changed for this project."""
+
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bf16 mixed precision. Default: on where the GPU supports it, off otherwise (CPU, "
+            "older GPUs); TRL's own default (on) fails on those."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and bf16_supported()
+        super().__post_init__()
 
     report_to: None | str | list[str] = field(
         default="tensorboard",

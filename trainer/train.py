@@ -32,7 +32,7 @@ from trl import ModelConfig, get_peft_config
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 
 from shared.client import RetryPolicy, RewardClient
-from shared.errors import RewardClientError
+from shared.errors import RewardClientError, RewardServiceUnavailable
 from trainer import reward_bridge
 from trainer.config import RLAIFArguments
 from trainer.data import build_splits
@@ -44,7 +44,8 @@ TRAIN_LOG = "train_log.json"
 
 
 class TrainingInterrupted(RuntimeError):
-    """Training stopped early (reward service unreachable); a checkpoint was saved first."""
+    """Training stopped early on a reward-service failure; a checkpoint was saved first if a step was
+    trained (`checkpoint`, else None)."""
 
     def __init__(self, message: str, checkpoint: Path | None) -> None:
         self.checkpoint = checkpoint
@@ -290,24 +291,45 @@ def build_trainer(
 
 
 def run_training(trainer: RemoteRewardPPOTrainer) -> TrainingResult:
-    """`train()`, then the final save; on a reward-service failure, checkpoint and raise."""
+    """`train()`, then the final save. On a reward-service failure: checkpoint (if a step was
+    trained) and raise TrainingInterrupted, saying whether a rerun with --resume can help."""
     output_dir = Path(trainer.args.output_dir)
     try:
         trainer.train()
     except RewardClientError as exc:
-        checkpoint = trainer.save_checkpoint_now()
-        _write_log(output_dir, trainer.state.log_history)
-        raise TrainingInterrupted(
-            f"training stopped at step {trainer.state.global_step}: the reward service failed ({exc}). "
-            f"No step was trained without rewards. Checkpoint saved to {checkpoint}; "
-            "start the service and rerun with --resume to continue.",
-            checkpoint,
-        ) from exc
+        raise _interrupted(trainer, exc) from exc
     finally:
         trainer.reward_model.client.close()
     trainer.save_model(str(output_dir))
     _write_log(output_dir, trainer.state.log_history)
     return TrainingResult(output_dir, trainer.state.global_step, trainer.state.log_history)
+
+
+def _interrupted(trainer: RemoteRewardPPOTrainer, exc: RewardClientError) -> TrainingInterrupted:
+    step = trainer.state.global_step
+    checkpoint = None
+    if step > 0:
+        checkpoint = trainer.save_checkpoint_now()
+        _write_log(Path(trainer.args.output_dir), trainer.state.log_history)
+    saved = (
+        f"Checkpoint of step {step} saved to {checkpoint}"
+        if checkpoint
+        else "No step was trained, so there is nothing to resume: rerun without --resume"
+    )
+    if isinstance(exc, RewardServiceUnavailable):
+        then = "; start the service and rerun with --resume." if checkpoint else "."
+        return TrainingInterrupted(
+            f"training stopped at step {step}: the reward service was unavailable past the retry "
+            f"budget ({exc}). No step was trained without rewards. {saved}{then}",
+            checkpoint,
+        )
+    # A refusal (wrong key, unknown scorer, bad request, a score that cannot be computed): waiting
+    # does not fix it, the configuration does.
+    then = "; fix the setting it names, then rerun with --resume." if checkpoint else "."
+    return TrainingInterrupted(
+        f"training stopped at step {step}: the reward service refused the rewards ({exc}). {saved}{then}",
+        checkpoint,
+    )
 
 
 def _write_log(output_dir: Path, log_history: list[dict[str, Any]]) -> None:

@@ -1,0 +1,156 @@
+"""Configuration errors are found before any model loads and reported as one line with exit code 2;
+during training, only an unavailable service leads to "checkpoint + --resume"."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trl")
+
+from demo.hh_data import write_hh_jsonl  # noqa: E402
+from reward_service.app import create_app  # noqa: E402
+from shared.errors import RewardRequestError, RewardServiceUnavailable  # noqa: E402
+from tests.conftest import service_settings  # noqa: E402
+from tests.live_server import LiveServer, free_port, serving  # noqa: E402
+from trainer.cli import eval_main, train_main  # noqa: E402
+from trainer.preflight import PreflightError  # noqa: E402
+from trainer.train import _interrupted  # noqa: E402
+
+# Never loaded: every case below must stop before the models are touched.
+NO_MODEL = "/nonexistent/policy"
+
+
+@pytest.fixture(scope="module")
+def hh_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "hh.jsonl"
+    write_hh_jsonl(path, n=20)
+    return path
+
+
+def train(url: str, data: Path, *extra: str) -> int:
+    return train_main(
+        ["--model_name_or_path", NO_MODEL, "--dataset_name", str(data), "--reward_url", url, *extra]
+    )
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # progress bars of the dataset loader may come before
+    assert "Traceback" not in err and last.startswith("error: ") and err.count("error: ") == 1, err
+    return last
+
+
+def test_a_missing_dataset_or_column_is_reported_before_models_load(
+    live_service: LiveServer, hh_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train(live_service.url, tmp_path / "missing.jsonl") == 2
+    assert "--dataset_name: dataset file or directory not found" in one_line_error(capsys)
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text(json.dumps({"text": "no chosen column here"}) + "\n")
+    assert train(live_service.url, wrong) == 2
+    assert "has no 'chosen' column" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("url_of", "message"),
+    [
+        (lambda url: url.removeprefix("http://"), "must start with http://"),
+        (lambda url: url + "/score", "base URL (e.g. http://host:8000), without a path"),
+        (lambda url: f"http://127.0.0.1:{free_port()}", "not reachable"),
+    ],
+    ids=["no-scheme", "path-score", "unreachable"],
+)
+def test_a_wrong_reward_url_is_one_line_with_what_to_fix(
+    live_service: LiveServer, hh_file: Path, capsys: pytest.CaptureFixture[str], url_of, message: str
+) -> None:
+    assert train(url_of(live_service.url), hh_file) == 2
+    assert message in one_line_error(capsys)
+
+
+def test_an_unknown_scorer_is_named_with_the_ones_served(
+    live_service: LiveServer, hh_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train(live_service.url, hh_file, "--reward_scorer", "no-such") == 2
+    assert "--reward_scorer 'no-such': " in (err := one_line_error(capsys)) and "roberta-hate" in err
+    assert train(live_service.url, hh_file, "--eval_scorer", "other") == 2
+    assert "--eval_scorer 'other'" in one_line_error(capsys)
+
+
+def test_a_wrong_or_missing_key_is_reported_and_show_traceback_raises(
+    tiny_roberta: Path, hh_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REWARD_API_KEY", raising=False)
+    with serving(create_app(service_settings(tiny_roberta, api_key="right"))) as server:
+        assert train(server.url, hh_file) == 2
+        assert "refused the API key (401)" in one_line_error(capsys)
+        assert train(server.url, hh_file, "--reward_api_key", "wrong") == 2
+        assert "REWARD_API_KEY" in one_line_error(capsys)
+        with pytest.raises(PreflightError, match="refused the API key"):
+            train(server.url, hh_file, "--show_traceback", "true")
+
+
+def test_rlaif_eval_on_a_folder_without_a_trained_model_says_so(
+    live_service: LiveServer, hh_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "--model_name_or_path",
+        NO_MODEL,
+        "--dataset_name",
+        str(hh_file),
+        "--reward_url",
+        live_service.url,
+    ]
+    assert eval_main([*argv, "--output_dir", str(tmp_path / "empty")]) == 2
+    assert "no trained model in" in one_line_error(capsys)
+
+
+@dataclass
+class _State:
+    global_step: int
+    log_history: list = field(default_factory=list)
+
+
+@dataclass
+class _Args:
+    output_dir: str
+
+
+class _StubTrainer:
+    """What `_interrupted` reads of a PPO trainer."""
+
+    def __init__(self, step: int, output_dir: Path) -> None:
+        self.state = _State(step)
+        self.args = _Args(str(output_dir))
+        self.saved: list[Path] = []
+
+    def save_checkpoint_now(self) -> Path:
+        path = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        self.saved.append(path)
+        return path
+
+
+def test_only_an_unavailable_service_is_resumable_and_nothing_is_claimed_before_a_step(
+    tmp_path: Path,
+) -> None:
+    unavailable = RewardServiceUnavailable("reward service did not answer", 8, "ConnectError")
+    refused = RewardRequestError(401, "missing or wrong API key", "http://h:8000")
+
+    trainer = _StubTrainer(3, tmp_path)
+    stopped = _interrupted(trainer, unavailable)  # type: ignore[arg-type]
+    assert trainer.saved and stopped.checkpoint == trainer.saved[0]
+    assert "start the service and rerun with --resume" in str(stopped)
+
+    trainer = _StubTrainer(3, tmp_path)
+    stopped = _interrupted(trainer, refused)  # type: ignore[arg-type]
+    assert "refused" in str(stopped) and "401" in str(stopped) and "fix the setting" in str(stopped)
+    assert "start the service" not in str(stopped)
+
+    for error in (unavailable, refused):
+        trainer = _StubTrainer(0, tmp_path)
+        stopped = _interrupted(trainer, error)  # type: ignore[arg-type]
+        assert not trainer.saved and stopped.checkpoint is None
+        assert "nothing to resume" in str(stopped) and "rerun with --resume" not in str(stopped)

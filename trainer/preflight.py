@@ -1,0 +1,107 @@
+"""Checks run before any model loads, so that a wrong path, URL or key costs seconds, not the minutes
+of loading an 8B policy, and is reported as one line that says what to fix."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import httpx
+
+from shared.client import RetryPolicy, RewardClient, parse_base_urls
+from shared.errors import RewardClientError, RewardRequestError
+from trainer.config import RLAIFArguments
+from trainer.data import DatasetError, load_dialogues
+
+logger = logging.getLogger(__name__)
+READY_POLL_S = 2.0
+
+
+class PreflightError(Exception):
+    """A setting that cannot work; the message is the one line the user sees."""
+
+
+def check_dataset(args: RLAIFArguments) -> None:
+    try:
+        load_dialogues(
+            args.dataset_name or "Anthropic/hh-rlhf", args.dataset_train_split, args.dataset_config
+        )
+    except DatasetError as exc:
+        raise PreflightError(f"--dataset_name: {exc}") from exc
+
+
+def check_reward_service(args: RLAIFArguments) -> None:
+    """At least one URL serves every scorer the run needs and accepts the key; waits (up to
+    --reward_max_wait_s) for a service that is still loading its models."""
+    try:
+        urls = parse_base_urls(args.reward_url)
+    except ValueError as exc:
+        raise PreflightError(f"--reward_url: {exc}") from exc
+    problems = {url: _readiness_problem(url, args.reward_max_wait_s) for url in urls}
+    ready = [url for url, problem in problems.items() if problem is None]
+    if not ready:
+        raise PreflightError("; ".join(f"{url}: {problem}" for url, problem in problems.items()))
+    for url, problem in problems.items():
+        if problem is not None:
+            logger.warning(
+                "reward service %s is not usable now (%s); training starts with %s", url, problem, ready
+            )
+    _check_scorers(args, ready[0])
+
+
+def check_trained_model(path: Path) -> None:
+    """`rlaif-eval`: `path` must hold a trained policy (full model or LoRA adapter)."""
+    if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        raise PreflightError(
+            f"no trained model in {path} (no config.json or adapter_config.json): train first "
+            "(rlaif-train --output_dir ...), or pass --eval_model <directory>"
+        )
+
+
+def _readiness_problem(url: str, max_wait_s: float) -> str | None:
+    """None once GET /readyz answers 200; else what is wrong (after waiting for a loading service)."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        try:
+            response = httpx.get(url + "/readyz", timeout=10)
+        except httpx.TransportError as exc:
+            return f"not reachable ({type(exc).__name__}); start the service or fix --reward_url"
+        if response.status_code == 200:
+            return None
+        if response.status_code in (404, 405):
+            return (
+                f"GET /readyz answered {response.status_code}: --reward_url must be the service's base "
+                "URL (e.g. http://host:8000), without a path such as /score"
+            )
+        if response.status_code != 503 or time.monotonic() >= deadline:
+            return f"not ready (GET /readyz answered {response.status_code}: {response.text[:200]})"
+        time.sleep(READY_POLL_S)
+
+
+def _check_scorers(args: RLAIFArguments, url: str) -> None:
+    retry = RetryPolicy(max_attempts=3, max_total_s=30)
+    try:
+        with RewardClient(url, api_key=args.api_key(), retry=retry) as client:
+            served = {info.name: info for info in client.scorers().scorers}
+    except RewardRequestError as exc:
+        if exc.status_code in (401, 403):
+            raise PreflightError(
+                f"{url} refused the API key ({exc.status_code}): set --reward_api_key or REWARD_API_KEY "
+                "to the service's REWARD_API_KEY"
+            ) from exc
+        raise PreflightError(f"{url}: GET /scorers failed: {exc}") from exc
+    except RewardClientError as exc:
+        raise PreflightError(f"{url}: GET /scorers failed: {exc}") from exc
+    for flag, name in (("--reward_scorer", args.reward_scorer), ("--eval_scorer", args.eval_scorer)):
+        if name is None:
+            continue
+        if name not in served:
+            raise PreflightError(f"{flag} {name!r}: {url} serves {', '.join(served)}")
+        if not served[name].ready:
+            raise PreflightError(f"{flag} {name!r} is not ready on {url}: {served[name].error or 'loading'}")
+
+
+def run_preflight(args: RLAIFArguments) -> None:
+    check_dataset(args)
+    check_reward_service(args)
