@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,7 @@ class ValueModelCheckpoint(TrainerCallback):
         model = kwargs.get("model")
         if model is None or not state.is_world_process_zero:
             return
+        model = getattr(model, "module", model)  # under DistributedDataParallel
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}" / VALUE_MODEL_DIR
         model.value_model.save_pretrained(folder)
 
@@ -181,9 +184,10 @@ def load_optimizer_and_scheduler(trainer: PPOTrainer, checkpoint: Path) -> None:
     if trainer.is_deepspeed_enabled:
         # DeepSpeed keeps its own sharded optimizer checkpoints, which TRL's PPO never writes.
         raise NotImplementedError("--resume is not supported with DeepSpeed; see docs/trainer.md")
-    device = trainer.accelerator.device
+    # Loaded on the CPU: load_state_dict moves each state to its parameter's device (a
+    # map_location of accelerator.device fails under several CPU processes: "cpu:0").
     trainer.optimizer.load_state_dict(
-        torch.load(checkpoint / "optimizer.pt", map_location=device, weights_only=True)
+        torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
     )
     trainer.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
 
@@ -202,9 +206,32 @@ class RemoteRewardPPOTrainer(PPOTrainer):
     """TRL's PPOTrainer, plus the reward service's per-step figures in every log line."""
 
     reward_model: reward_bridge.RemoteRewardModel
+    # transformers' Trainer.__init__ sets this; TRL's PPOTrainer skips that __init__, and `_save`
+    # reads it on every process but the main one.
+    is_distributed_loading_by_transformers = False
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         super().log({**logs, **self.reward_model.stats.pop()}, *args, **kwargs)
+
+    @contextmanager
+    def _unwrapped_model(self) -> Iterator[None]:
+        """`self.model` without its DistributedDataParallel wrapper while TRL saves: TRL reads
+        `.policy` and `.config` from it, which DDP hides (several processes crashed at the save)."""
+        wrapped = self.model
+        if not self.is_deepspeed_enabled:  # DeepSpeed saves through its own engine
+            self.model = self.accelerator.unwrap_model(wrapped)
+        try:
+            yield
+        finally:
+            self.model = wrapped
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        with self._unwrapped_model():
+            super()._save_checkpoint(self.model, trial)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        with self._unwrapped_model():
+            super().save_model(output_dir, _internal_call)
 
     def save_checkpoint_now(self) -> Path:
         """Save what TRL saves (policy, optimizer, scheduler, state) plus the value model."""
@@ -301,7 +328,8 @@ def run_training(trainer: RemoteRewardPPOTrainer) -> TrainingResult:
     finally:
         trainer.reward_model.client.close()
     trainer.save_model(str(output_dir))
-    _write_log(output_dir, trainer.state.log_history)
+    if trainer.accelerator.is_main_process:
+        _write_log(output_dir, trainer.state.log_history)
     return TrainingResult(output_dir, trainer.state.global_step, trainer.state.log_history)
 
 
@@ -310,7 +338,8 @@ def _interrupted(trainer: RemoteRewardPPOTrainer, exc: RewardClientError) -> Tra
     checkpoint = None
     if step > 0:
         checkpoint = trainer.save_checkpoint_now()
-        _write_log(Path(trainer.args.output_dir), trainer.state.log_history)
+        if trainer.args.should_save:  # the main process
+            _write_log(Path(trainer.args.output_dir), trainer.state.log_history)
     saved = (
         f"Checkpoint of step {step} saved to {checkpoint}"
         if checkpoint
