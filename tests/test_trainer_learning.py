@@ -24,11 +24,14 @@ from shared.client import RewardClient  # noqa: E402
 from tests.live_server import LiveServer  # noqa: E402
 from trainer.cli import run_evaluation  # noqa: E402
 from trainer.config import RLAIFArguments  # noqa: E402
-from trainer.evaluate import EvalReport, change_pct, read_rows, summarise  # noqa: E402
+from trainer.evaluate import MAX_EMPTY_SHARE, EvalReport, change_pct, read_rows, summarise  # noqa: E402
 from trainer.train import TRAIN_LOG, build_trainer, load_policy, run_training  # noqa: E402
 
 STEPS = 30
 MARGIN = 1.0  # logits of the nothate class; the policy starts about one third hostile
+
+
+EMPTY_PENALTY = 3.0
 
 
 def tiny_ppo_config(output_dir: Path, steps: int, batch: int = 16, **overrides: object) -> PPOConfig:
@@ -36,7 +39,7 @@ def tiny_ppo_config(output_dir: Path, steps: int, batch: int = 16, **overrides: 
     settings: dict[str, object] = {
         "output_dir": str(output_dir),
         "learning_rate": 1e-3,
-        "kl_coef": 0.2,
+        "kl_coef": 0.3,
         "num_ppo_epochs": 4,
         "num_mini_batches": 1,
         "per_device_train_batch_size": batch,
@@ -71,7 +74,11 @@ def trained(live_service: LiveServer, tmp_path_factory: pytest.TempPathFactory) 
     policy = build_tiny_policy(root / "policy", pretrain_steps=120)
     data = write_hh_jsonl(root / "hh.jsonl", n=200)
     script_args = RLAIFArguments(
-        dataset_name=str(data), reward_url=live_service.url, score_on="response", eval_samples=32
+        dataset_name=str(data),
+        reward_url=live_service.url,
+        score_on="response",
+        eval_samples=32,
+        empty_response_penalty=EMPTY_PENALTY,
     )
     ppo_config = tiny_ppo_config(root / "out", STEPS)
     model_config = ModelConfig(model_name_or_path=str(policy))
@@ -96,8 +103,11 @@ def test_held_out_reward_rises(trained: Run) -> None:
     report = trained.report
     assert report.n == 32
     assert report.after["mean"] - report.before["mean"] >= MARGIN, report.summary()
-    # Not only by falling silent: most tuned responses still say something.
-    assert sum(bool(r.after.strip()) for r in report.rows) >= report.n // 2
+    # Not by falling silent: few empty answers, and answers about as long as before.
+    print(report.responses, report.warnings)
+    assert report.responses["after"]["empty_share"] <= MAX_EMPTY_SHARE, report.responses
+    assert report.responses["after"]["mean_tokens"] >= 0.5 * report.responses["before"]["mean_tokens"]
+    assert report.warnings == []
     # The training reward (from the service, logged per step) rose too.
     rewards = [e["reward/mean"] for e in trained.log_history if "reward/mean" in e]
     assert len(rewards) == STEPS
@@ -110,6 +120,8 @@ def test_held_out_reward_rises(trained: Run) -> None:
         "objective/kl",
         "objective/rlhf_reward",
         "loss/policy_avg",
+        "response/mean_tokens",
+        "response/empty_share",
     ):
         assert key in last
 
@@ -122,6 +134,7 @@ def test_report_files_match_a_recomputation(trained: Run, live_service: LiveServ
         "report.md",
         "responses.jsonl",
         "reward_per_step.png",
+        "training_curves.png",
         "score_distribution.png",
     ):
         assert (out / name).stat().st_size > 0, name
@@ -137,6 +150,9 @@ def test_report_files_match_a_recomputation(trained: Run, live_service: LiveServ
     before_mean, after_mean = saved["before"]["mean"], saved["after"]["mean"]
     assert saved["change_pct"]["mean"] == pytest.approx(100 * (after_mean - before_mean) / abs(before_mean))
     assert saved["hate_share"] == again["hate_share"]
+    assert saved["responses"] == again["responses"] and saved["warnings"] == again["warnings"]
+    # Lengths were counted in tokens for every row, on both sides.
+    assert all(r.before_tokens is not None and r.after_tokens is not None for r in rows)
     assert saved["hate_share"]["before"] > saved["hate_share"]["after"]
     # The saved scores are what the service gives for the saved responses.
     with RewardClient(live_service.url) as client:

@@ -117,6 +117,7 @@ class _State:
 @dataclass
 class _Args:
     output_dir: str
+    should_save: bool = True  # the main process
 
 
 class _StubTrainer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,7 @@ def run_evaluation(
     prompt_ids: list[list[int]],
     log_history: list[dict[str, Any]],
     before_adapter_disabled: bool = False,
+    run: dict[str, Any] | None = None,
 ) -> EvalReport:
     with reward_client(script_args) as client:
         report = evaluate_policies(
@@ -69,9 +71,42 @@ def run_evaluation(
             scorer=script_args.eval_scorer or script_args.reward_scorer,
             score_on=script_args.score_on,
             before_adapter_disabled=before_adapter_disabled,
+            run=run,
         )
     write_report(report, ppo_config.output_dir, log_history)
     return report
+
+
+def run_details(
+    script_args: RLAIFArguments, ppo_config: PPOConfig, policy: str, log_history: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What a report needs to be compared with another run's."""
+    server_default = "(the service's default)"
+    return {
+        "policy": policy,
+        "reward_scorer": script_args.reward_scorer or server_default,
+        "eval_scorer": script_args.eval_scorer or script_args.reward_scorer or server_default,
+        "score_on": script_args.score_on,
+        "steps": max((int(e.get("step", 0)) for e in log_history), default=0),
+        "learning_rate": ppo_config.learning_rate,
+        "kl_coef": ppo_config.kl_coef,
+        "seed": ppo_config.seed,
+        "commit": _source_commit(),
+    }
+
+
+def _source_commit() -> str:
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return found.stdout.strip() if found.returncode == 0 else "unknown (not a git checkout)"
 
 
 def _evaluate_and_report(
@@ -82,6 +117,7 @@ def _evaluate_and_report(
     log_history: list[dict[str, Any]],
     before_adapter_disabled: bool,
     failure: str,
+    policy: str,
 ) -> int:
     """Run the before/after evaluation, print the summary; the exit status for the command."""
     before, after, tokenizer = models
@@ -95,6 +131,7 @@ def _evaluate_and_report(
             prompt_ids,
             log_history,
             before_adapter_disabled,
+            run=run_details(script_args, ppo_config, policy, log_history),
         )
     except RewardClientError as exc:
         print(f"error: {failure}: {exc}", file=sys.stderr)
@@ -144,6 +181,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         result.log_history,
         before_adapter_disabled=lora,
         failure="training finished and was saved, but evaluation failed",
+        policy=model_config.model_name_or_path or "",
     )
 
 
@@ -181,6 +219,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         log_history,
         before_adapter_disabled=lora,
         failure="evaluation failed",
+        policy=base,
     )
 
 

@@ -48,6 +48,14 @@ class RLAIFArguments(ScriptArguments):
             "help": "Score query + response concatenated (as in the reference article) or the response alone."
         },
     )
+    empty_response_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "Subtracted from the reward of an empty response (PPO's reward only; the service's "
+            "scores and the evaluation are unchanged). A classifier that rates silence as harmless makes "
+            "empty answers the cheapest reward: the demo uses 3.0."
+        },
+    )
     value_model_path: str | None = field(
         default=None,
         metadata={

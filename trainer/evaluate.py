@@ -25,10 +25,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from shared.client import RewardClient
 from shared.schemas import ScoreOn, ScoreResponse
+from trainer.reward_bridge import response_token_counts
 
 CHANGE_PCT_FORMULA = "change_pct = 100 * (after - before) / abs(before); null when before == 0"
 HATE_LABEL = "hate"
 EXAMPLES_IN_REPORT = 10
+# Past these, a rising reward may come from answers vanishing (reward hacking): the report says so.
+MAX_EMPTY_SHARE = 0.10
+MIN_LENGTH_RATIO = 0.5
 
 
 @dataclass
@@ -50,6 +54,8 @@ class EvalRow:
     after_score: float
     before_hate: float | None = None
     after_hate: float | None = None
+    before_tokens: int | None = None
+    after_tokens: int | None = None
 
 
 @dataclass
@@ -63,6 +69,10 @@ class EvalReport:
     change_pct_formula: str
     hate_share: dict[str, float] | None
     sampling: dict[str, Any]
+    # Per side: mean response length in tokens and share of empty responses.
+    responses: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    run: dict[str, Any] = field(default_factory=dict)
     rows: list[EvalRow] = field(repr=False, default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -78,14 +88,16 @@ def generate_responses(
     prompt_ids: Sequence[Sequence[int]],
     sampling: Sampling,
     adapter_disabled: bool = False,
-) -> list[str]:
-    """Batched sampling (left-padded prompts); the RNG is reseeded so both policies draw alike."""
+) -> tuple[list[str], list[int]]:
+    """Batched sampling (left-padded prompts); the RNG is reseeded so both policies draw alike.
+    Returns the responses and their lengths in tokens (up to EOS)."""
     torch.manual_seed(sampling.seed)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     context: AbstractContextManager[Any] = model.disable_adapter() if adapter_disabled else nullcontext()
     responses: list[str] = []
+    lengths: list[int] = []
     with context:
         for start in range(0, len(prompt_ids), sampling.batch_size):
             chunk = [{"input_ids": list(ids)} for ids in prompt_ids[start : start + sampling.batch_size]]
@@ -102,8 +114,9 @@ def generate_responses(
             )
             new_tokens = output[:, batch["input_ids"].shape[1] :]
             responses.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            lengths.extend(response_token_counts(new_tokens, tokenizer))
     model.train(was_training)
-    return responses
+    return responses, lengths
 
 
 def _hate_probs(result: ScoreResponse) -> list[float] | None:
@@ -122,7 +135,40 @@ def change_pct(before: float, after: float) -> float | None:
     return None if before == 0 else 100.0 * (after - before) / abs(before)
 
 
-def summarise(rows: list[EvalRow], scorer: str, score_on: str, sampling: dict[str, Any]) -> EvalReport:
+def response_figures(texts: Sequence[str], tokens: Sequence[int | None]) -> dict[str, float | None]:
+    known = [t for t in tokens if t is not None]
+    return {
+        "mean_tokens": statistics.fmean(known) if known else None,
+        "empty_share": sum(not text.strip() for text in texts) / len(texts),
+    }
+
+
+def hacking_warnings(responses: dict[str, dict[str, float | None]]) -> list[str]:
+    """What in the responses says the reward may have risen for the wrong reason."""
+    before, after = responses["before"], responses["after"]
+    warnings = []
+    empty_before, empty_after = before["empty_share"] or 0.0, after["empty_share"] or 0.0
+    if empty_after > MAX_EMPTY_SHARE and empty_after > empty_before:
+        warnings.append(
+            f"{empty_after:.0%} of the answers after training are empty (before: {empty_before:.0%}): "
+            "the reward may have risen because answers vanished (reward hacking)"
+        )
+    tokens_before, tokens_after = before["mean_tokens"], after["mean_tokens"]
+    if tokens_before and tokens_after is not None and tokens_after < MIN_LENGTH_RATIO * tokens_before:
+        warnings.append(
+            f"the mean answer length fell from {tokens_before:.1f} to {tokens_after:.1f} tokens: "
+            "shorter answers may be what the reward rewards"
+        )
+    return warnings
+
+
+def summarise(
+    rows: list[EvalRow],
+    scorer: str,
+    score_on: str,
+    sampling: dict[str, Any],
+    run: dict[str, Any] | None = None,
+) -> EvalReport:
     """The report's figures, from the rows alone (the evaluation test recomputes them this way)."""
     before = _stats([r.before_score for r in rows])
     after = _stats([r.after_score for r in rows])
@@ -132,6 +178,10 @@ def summarise(rows: list[EvalRow], scorer: str, score_on: str, sampling: dict[st
             "before": sum(r.before_hate > 0.5 for r in rows) / len(rows),  # type: ignore[operator]
             "after": sum(r.after_hate > 0.5 for r in rows) / len(rows),  # type: ignore[operator]
         }
+    responses = {
+        "before": response_figures([r.before for r in rows], [r.before_tokens for r in rows]),
+        "after": response_figures([r.after for r in rows], [r.after_tokens for r in rows]),
+    }
     return EvalReport(
         scorer=scorer,
         score_on=score_on,
@@ -142,6 +192,9 @@ def summarise(rows: list[EvalRow], scorer: str, score_on: str, sampling: dict[st
         change_pct_formula=CHANGE_PCT_FORMULA,
         hate_share=hate_share,
         sampling=sampling,
+        responses=responses,
+        warnings=hacking_warnings(responses),
+        run=run or {},
         rows=rows,
     )
 
@@ -157,6 +210,7 @@ def evaluate_policies(
     scorer: str | None = None,
     score_on: ScoreOn = "query_response",
     before_adapter_disabled: bool = False,
+    run: dict[str, Any] | None = None,
 ) -> EvalReport:
     """Generate with both policies, score through the service, summarise.
 
@@ -164,8 +218,10 @@ def evaluate_policies(
     the base with the adapter switched off, so no second copy of an 8B model is loaded.
     """
     queries = [tokenizer.decode(ids, skip_special_tokens=True) for ids in prompt_ids]
-    before = generate_responses(before_model, tokenizer, prompt_ids, sampling, before_adapter_disabled)
-    after = generate_responses(after_model, tokenizer, prompt_ids, sampling)
+    before, before_tokens = generate_responses(
+        before_model, tokenizer, prompt_ids, sampling, before_adapter_disabled
+    )
+    after, after_tokens = generate_responses(after_model, tokenizer, prompt_ids, sampling)
     scored_before = client.score(
         queries=queries, responses=before, scorer=scorer, score_on=score_on, return_labels=True
     )
@@ -182,10 +238,12 @@ def evaluate_policies(
             after_score=scored_after.scores[i],
             before_hate=hate_before[i] if hate_before else None,
             after_hate=hate_after[i] if hate_after else None,
+            before_tokens=before_tokens[i],
+            after_tokens=after_tokens[i],
         )
         for i in range(len(queries))
     ]
-    return summarise(rows, scored_before.scorer, score_on, asdict(sampling))
+    return summarise(rows, scored_before.scorer, score_on, asdict(sampling), run)
 
 
 def read_rows(path: str | Path) -> list[EvalRow]:
@@ -224,6 +282,24 @@ def render_markdown(report: EvalReport) -> str:
             f"after {report.hate_share['after']:.1%}.",
             "",
         ]
+    if report.responses:
+        lines += ["| responses | before | after |", "|---|---|---|"]
+        for key, label, fmt in (
+            ("mean_tokens", "mean length (tokens)", "{:.1f}"),
+            ("empty_share", "empty", "{:.0%}"),
+        ):
+            cells = [report.responses[side][key] for side in ("before", "after")]
+            lines.append(
+                f"| {label} | " + " | ".join("n/a" if c is None else fmt.format(c) for c in cells) + " |"
+            )
+        lines.append("")
+    lines += [f"**Warning:** {warning}." for warning in report.warnings]
+    if report.warnings:
+        lines.append("")
+    if report.run:
+        lines += ["## Run", "", "| | |", "|---|---|"]
+        lines += [f"| {key} | {_md_cell(str(value))} |" for key, value in report.run.items()]
+        lines.append("")
     lines += [
         "## Examples",
         "",
@@ -246,6 +322,34 @@ def training_rewards(log_history: list[dict[str, Any]]) -> list[tuple[int, float
     return points
 
 
+# Logged per step: ours (reward, response length) and TRL's (KL, entropy).
+CURVES = {
+    "reward/mean": "reward",
+    "objective/kl": "KL to the reference",
+    "objective/entropy": "entropy",
+    "response/mean_tokens": "response length (tokens)",
+}
+
+
+def training_curves(log_history: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
+    """For each of CURVES logged: (steps, values)."""
+    entries = [e for e in log_history if "reward/mean" in e]
+    curves = {}
+    for key, label in CURVES.items():
+        points = [(int(e.get("step", i)), float(e[key])) for i, e in enumerate(entries, start=1) if key in e]
+        if points:
+            curves[label] = ([p[0] for p in points], [p[1] for p in points])
+    return curves
+
+
+def smoothed(values: Sequence[float], weight: float = 0.8) -> list[float]:
+    """Exponential moving average, as TensorBoard's smoothing slider draws it."""
+    out: list[float] = []
+    for value in values:
+        out.append(value if not out else weight * out[-1] + (1 - weight) * value)
+    return out
+
+
 def write_plots(report: EvalReport, log_history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -264,6 +368,20 @@ def write_plots(report: EvalReport, log_history: list[dict[str, Any]], out_dir: 
         fig.savefig(out_dir / "reward_per_step.png", dpi=100)
         plt.close(fig)
         written.append(out_dir / "reward_per_step.png")
+    curves = training_curves(log_history)
+    if curves:
+        fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2))
+        for ax, (label, (steps, values)) in zip(
+            list(getattr(axes, "flat", [axes])), curves.items(), strict=True
+        ):
+            ax.plot(steps, values, ".", alpha=0.25, color="tab:blue")  # raw, faint
+            ax.plot(steps, smoothed(values), color="tab:blue")
+            ax.set_xlabel("PPO step")
+            ax.set_title(label)
+        fig.tight_layout()
+        fig.savefig(out_dir / "training_curves.png", dpi=100)
+        plt.close(fig)
+        written.append(out_dir / "training_curves.png")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     before = [r.before_score for r in report.rows]
     after = [r.after_score for r in report.rows]

@@ -42,18 +42,31 @@ class RewardCallStats:
 
     scores: list[float] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)
+    response_tokens: list[int] = field(default_factory=list)
+    empty_responses: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, scores: list[float], latency_s: float) -> None:
+    def record(self, scores: list[float], latency_s: float, responses: list[str], tokens: list[int]) -> None:
         with self._lock:
             self.scores.extend(scores)
             self.latencies_s.append(latency_s)
+            self.response_tokens.extend(tokens)
+            self.empty_responses += sum(not text.strip() for text in responses)
 
     def pop(self) -> dict[str, float]:
-        """Summary of the calls since the last pop (empty dict if there were none)."""
+        """Summary of the calls since the last pop (empty dict if there were none).
+
+        Response length and the share of empty answers sit beside the reward: a reward that rises
+        while answers shrink to nothing is reward hacking, not learning.
+        """
         with self._lock:
-            scores, latencies = self.scores, self.latencies_s
-            self.scores, self.latencies_s = [], []
+            scores, latencies, tokens, empty = (
+                self.scores,
+                self.latencies_s,
+                self.response_tokens,
+                self.empty_responses,
+            )
+            self.scores, self.latencies_s, self.response_tokens, self.empty_responses = [], [], [], 0
         if not scores:
             return {}
         return {
@@ -61,7 +74,23 @@ class RewardCallStats:
             "reward/std": statistics.pstdev(scores),
             "reward/call_latency_s": statistics.fmean(latencies),
             "reward/calls": float(len(latencies)),
+            "response/mean_tokens": statistics.fmean(tokens),
+            "response/empty_share": empty / len(scores),
         }
+
+
+def response_token_counts(responses: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Tokens of each response row before its EOS or padding."""
+    stops = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
+    counts = []
+    for row in responses.tolist():
+        count = 0
+        for token in row:
+            if token in stops:
+                break
+            count += 1
+        counts.append(count)
+    return counts
 
 
 class RemoteRewardModel(nn.Module):
@@ -77,18 +106,20 @@ class RemoteRewardModel(nn.Module):
         *,
         scorer: str | None = None,
         score_on: ScoreOn = "query_response",
+        empty_response_penalty: float = 0.0,
     ) -> None:
         super().__init__()
         self.client = client
         self.tokenizer = tokenizer
         self.scorer = scorer
         self.score_on = score_on
+        self.empty_response_penalty = empty_response_penalty
         self.stats = RewardCallStats()
 
     def decode_rows(self, query_responses: torch.Tensor, context_length: int) -> tuple[list[str], list[str]]:
         """Split each row at `context_length` and decode both halves without pad or special tokens."""
-        pad_id = self.tokenizer.pad_token_id
         queries, responses = [], []
+        pad_id = self.tokenizer.pad_token_id
         for row in query_responses.tolist():
             # Pad is dropped by id as well: some tokenizers do not list it among their special tokens.
             query = [t for t in row[:context_length] if t != pad_id]
@@ -107,8 +138,15 @@ class RemoteRewardModel(nn.Module):
         result = self.client.score(
             queries=queries, responses=responses, scorer=self.scorer, score_on=self.score_on
         )
-        self.stats.record(result.scores, time.perf_counter() - started)
-        return torch.tensor(result.scores, dtype=torch.float32, device=query_responses.device)
+        tokens = response_token_counts(query_responses[:, context_length:], self.tokenizer)
+        self.stats.record(result.scores, time.perf_counter() - started, responses, tokens)
+        # Shaping, visible in the config and in TRL's objective/scores: the service's scores
+        # (reward/mean) are never altered, an empty answer just costs `empty_response_penalty`.
+        shaped = [
+            score - self.empty_response_penalty if not text.strip() else score
+            for score, text in zip(result.scores, responses, strict=True)
+        ]
+        return torch.tensor(shaped, dtype=torch.float32, device=query_responses.device)
 
     def forward(self, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError("RemoteRewardModel is scored through the bridge, never called directly")

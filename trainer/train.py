@@ -287,7 +287,11 @@ def build_trainer(
 
     client = reward_client(script_args)
     reward_model = reward_bridge.RemoteRewardModel(
-        client, tokenizer, scorer=script_args.reward_scorer, score_on=script_args.score_on
+        client,
+        tokenizer,
+        scorer=script_args.reward_scorer,
+        score_on=script_args.score_on,
+        empty_response_penalty=script_args.empty_response_penalty,
     )
     # One service call per rollout batch: TRL calls get_reward once per forward chunk.
     ppo_config.local_rollout_forward_batch_size = max(
