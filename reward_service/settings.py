@@ -74,7 +74,8 @@ class ServiceSettings(BaseSettings):
     max_connections: int = Field(
         default=4096,
         ge=1,
-        description="Open HTTP connections per front-end process; more are answered 503 and closed.",
+        description="Open HTTP connections per front-end process. At the bound the connection silent "
+        "longest is closed to admit a new one; if every one is busy, the new one gets 503.",
     )
     truncation_side: Literal["left", "right"] = Field(
         default="left", description="Default end to cut for over-long inputs; 'left' keeps the end."
