@@ -55,3 +55,15 @@ def test_precision_is_bf16_only_where_the_gpu_supports_it_and_a_flag_wins(
         monkeypatch.setattr(trainer_config.PPOConfig, "__post_init__", lambda self: None)
         assert parse_args(config)[1].bf16 is True
         assert parse_args([*config, "--bf16", "false"])[1].bf16 is False
+
+
+def test_help_starts_with_a_usage_that_names_the_flags_that_matter() -> None:
+    text = trainer_config.parser().format_help()
+    usage = text[: text.index("options:")]
+    assert usage.splitlines()[0].startswith("usage: ") and "--config configs/qwen25_05b.yaml" in usage
+    for flag in ("--model_name_or_path", "--dataset_name", "--reward_url", "--reward_scorer", "--resume"):
+        assert flag in usage, flag
+    # Flags TRL adds that this trainer ignores are not advertised (but still parse).
+    for flag in trainer_config.UNUSED_FLAGS:
+        assert flag not in text, flag
+    assert parse_args(["--model_name_or_path", "m", "--dataset_test_split", "x"])[0].dataset_test_split == "x"

@@ -8,6 +8,7 @@ generation flags (`--output_dir`, `--total_episodes`, `--learning_rate`, `--resp
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -158,8 +159,24 @@ class RLAIFPPOConfig(PPOConfig):
     )
 
 
+USAGE = """%(prog)s --config configs/qwen25_05b.yaml --reward_url http://HOST:8000 [flags]
+       %(prog)s --model_name_or_path MODEL --dataset_name Anthropic/hh-rlhf --reward_url URL [flags]
+
+The flags that matter most: --config (a YAML file holding any of the flags below; flags on the
+command line win), --model_name_or_path, --dataset_name, --reward_url (one URL or several,
+comma-separated), --reward_scorer, --score_on, --output_dir, --total_episodes, --learning_rate,
+--kl_coef, --resume. Configuration errors are checked before any model loads (exit status 2).
+"""
+# TRL's ScriptArguments flags that this trainer ignores: not shown in --help (still accepted).
+UNUSED_FLAGS = ("--dataset_test_split", "--dataset_streaming", "--ignore_bias_buffers")
+
+
 def parser() -> TrlParser:
-    return TrlParser((RLAIFArguments, RLAIFPPOConfig, ModelConfig))
+    built = TrlParser((RLAIFArguments, RLAIFPPOConfig, ModelConfig), usage=USAGE)
+    for action in built._actions:  # argparse has no public way to hide an added flag
+        if any(option in UNUSED_FLAGS for option in action.option_strings):
+            action.help = argparse.SUPPRESS
+    return built
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[RLAIFArguments, PPOConfig, ModelConfig]:
