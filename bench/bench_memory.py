@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--settle-s", type=float, default=10.0)
     args = parser.parse_args()
 
-    model = build_classifier("tiny", Path(tempfile.gettempdir()) / "bench-tiny")
+    model = build_classifier("tiny")
     bodies = [{"texts": long_texts(args.items, args.chars, seed)} for seed in range(args.concurrency)]
     peak = 0.0
     sampling = True

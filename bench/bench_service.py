@@ -139,9 +139,7 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, help="REWARD_MAX_WAIT_MS for the service")
     args = parser.parse_args()
 
-    model = args.model or str(
-        build_classifier(args.stand_in, Path(tempfile.gettempdir()) / f"bench-{args.stand_in}")
-    )
+    model = args.model or str(build_classifier(args.stand_in))
     texts = natural_texts(AutoTokenizer.from_pretrained(model), args.texts)
     raw = raw_throughput(model, args.device, texts, args.raw_batch)
     env = {

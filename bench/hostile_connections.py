@@ -171,7 +171,7 @@ def send_huge_header(port: int, megabytes: int, result: dict[str, object]) -> No
 
 
 def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[str, object]:
-    model = build_classifier("tiny", Path(tempfile.gettempdir()) / "bench-tiny")
+    model = build_classifier("tiny")
     port = free_port()
     log = Path(tempfile.gettempdir()) / f"hostile-{args.server}.log"
     process = start_server(args.server, port, args.fd_limit, model, log)

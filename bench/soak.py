@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--every-s", type=float, default=60)
     args = parser.parse_args()
 
-    model = build_classifier("tiny", Path(tempfile.gettempdir()) / "bench-tiny")
+    model = build_classifier("tiny")
     counts: dict[str, int] = {}
     lock = threading.Lock()
     with running_service(model, Path(tempfile.gettempdir()) / "bench-soak.log") as (url, service):

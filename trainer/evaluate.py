@@ -314,12 +314,15 @@ def render_markdown(report: EvalReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def logged_points(log_history: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """(step, value of `key`) per logged training step (the entries with a reward) that has it."""
+    steps = enumerate((e for e in log_history if "reward/mean" in e), start=1)
+    return [(int(entry.get("step", step)), float(entry[key])) for step, entry in steps if key in entry]
+
+
 def training_rewards(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
     """(step, mean reward) per logged training step."""
-    points = []
-    for step, entry in enumerate((e for e in log_history if "reward/mean" in e), start=1):
-        points.append((int(entry.get("step", step)), float(entry["reward/mean"])))
-    return points
+    return logged_points(log_history, "reward/mean")
 
 
 # Logged per step: ours (reward, response length) and TRL's (KL, entropy).
@@ -333,11 +336,9 @@ CURVES = {
 
 def training_curves(log_history: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
     """For each of CURVES logged: (steps, values)."""
-    entries = [e for e in log_history if "reward/mean" in e]
     curves = {}
     for key, label in CURVES.items():
-        points = [(int(e.get("step", i)), float(e[key])) for i, e in enumerate(entries, start=1) if key in e]
-        if points:
+        if points := logged_points(log_history, key):
             curves[label] = ([p[0] for p in points], [p[1] for p in points])
     return curves
 

@@ -46,12 +46,12 @@ class RewardCallStats:
     empty_responses: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, scores: list[float], latency_s: float, responses: list[str], tokens: list[int]) -> None:
+    def record(self, scores: list[float], latency_s: float, empty: list[bool], tokens: list[int]) -> None:
         with self._lock:
             self.scores.extend(scores)
             self.latencies_s.append(latency_s)
             self.response_tokens.extend(tokens)
-            self.empty_responses += sum(not text.strip() for text in responses)
+            self.empty_responses += sum(empty)
 
     def pop(self) -> dict[str, float]:
         """Summary of the calls since the last pop (empty dict if there were none).
@@ -81,16 +81,10 @@ class RewardCallStats:
 
 def response_token_counts(responses: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Tokens of each response row before its EOS or padding."""
-    stops = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
-    counts = []
-    for row in responses.tolist():
-        count = 0
-        for token in row:
-            if token in stops:
-                break
-            count += 1
-        counts.append(count)
-    return counts
+    stops = torch.zeros_like(responses, dtype=torch.bool)
+    for token_id in {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}:
+        stops |= responses == token_id
+    return first_true_indices(stops).tolist()
 
 
 class RemoteRewardModel(nn.Module):
@@ -138,13 +132,14 @@ class RemoteRewardModel(nn.Module):
         result = self.client.score(
             queries=queries, responses=responses, scorer=self.scorer, score_on=self.score_on
         )
+        empty = [not text.strip() for text in responses]
         tokens = response_token_counts(query_responses[:, context_length:], self.tokenizer)
-        self.stats.record(result.scores, time.perf_counter() - started, responses, tokens)
+        self.stats.record(result.scores, time.perf_counter() - started, empty, tokens)
         # Shaping, visible in the config and in TRL's objective/scores: the service's scores
         # (reward/mean) are never altered, an empty answer just costs `empty_response_penalty`.
         shaped = [
-            score - self.empty_response_penalty if not text.strip() else score
-            for score, text in zip(result.scores, responses, strict=True)
+            score - self.empty_response_penalty if is_empty else score
+            for score, is_empty in zip(result.scores, empty, strict=True)
         ]
         return torch.tensor(shaped, dtype=torch.float32, device=query_responses.device)
 

@@ -332,8 +332,7 @@ def run_training(trainer: RemoteRewardPPOTrainer) -> TrainingResult:
     finally:
         trainer.reward_model.client.close()
     trainer.save_model(str(output_dir))
-    if trainer.accelerator.is_main_process:
-        _write_log(output_dir, trainer.state.log_history)
+    _write_log(trainer)
     return TrainingResult(output_dir, trainer.state.global_step, trainer.state.log_history)
 
 
@@ -342,8 +341,7 @@ def _interrupted(trainer: RemoteRewardPPOTrainer, exc: RewardClientError) -> Tra
     checkpoint = None
     if step > 0:
         checkpoint = trainer.save_checkpoint_now()
-        if trainer.args.should_save:  # the main process
-            _write_log(Path(trainer.args.output_dir), trainer.state.log_history)
+        _write_log(trainer)
     saved = (
         f"Checkpoint of step {step} saved to {checkpoint}"
         if checkpoint
@@ -365,6 +363,10 @@ def _interrupted(trainer: RemoteRewardPPOTrainer, exc: RewardClientError) -> Tra
     )
 
 
-def _write_log(output_dir: Path, log_history: list[dict[str, Any]]) -> None:
+def _write_log(trainer: RemoteRewardPPOTrainer) -> None:
+    """train_log.json, written by the process that saves (the main one)."""
+    if not trainer.args.should_save:
+        return
+    output_dir = Path(trainer.args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / TRAIN_LOG).write_text(json.dumps(log_history, indent=1))
+    (output_dir / TRAIN_LOG).write_text(json.dumps(trainer.state.log_history, indent=1))
