@@ -1,4 +1,5 @@
-"""The hh-rlhf pipeline on local files: filter bounds, prompt format, split sizes, no leakage, errors."""
+"""The prompt pipeline on local files: hh-rlhf filter bounds, prompt format, plain and conversational
+prompt datasets, split sizes, no leakage, errors."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from trainer.data import (  # noqa: E402
     DatasetError,
     build_prompt,
     build_splits,
-    load_dialogues,
+    load_source,
     prepare_dialogues,
 )
 
@@ -99,14 +100,57 @@ def test_rows_are_split_not_duplicated(tmp_path: Path, tokenizer) -> None:
 
 def test_clear_errors(tmp_path: Path, tokenizer) -> None:
     with pytest.raises(DatasetError, match="not found"):
-        load_dialogues(str(tmp_path / "missing.jsonl"))
+        load_source(str(tmp_path / "missing.jsonl"))
     bad = _write_jsonl(tmp_path / "bad.jsonl", [{"text": "hello", "label": 1}])
-    with pytest.raises(DatasetError, match="no 'chosen' column.*'text'"):
-        load_dialogues(str(bad))
+    with pytest.raises(DatasetError, match="no 'prompt' or 'chosen' column.*'text'"):
+        load_source(str(bad))
     short = _write_jsonl(tmp_path / "short.jsonl", [{"chosen": "too short", "rejected": "x"}] * 3)
     with pytest.raises(DatasetError, match="no dialogue of the 3 rows"):
         build_splits(str(short), tokenizer)
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
     with pytest.raises(DatasetError, match=r"no \.json, \.jsonl or \.parquet file"):
-        load_dialogues(str(empty_dir))
+        load_source(str(empty_dir))
+
+
+def test_plain_prompt_dataset_is_used_as_it_is(tmp_path: Path, tokenizer) -> None:
+    # Any length is kept (the character bounds are hh-rlhf's); other columns are ignored.
+    prompts = [f"Write a kind note to friend number {i}." for i in range(20)] + ["Hi"]
+    rows = [{"prompt": p, "id": i} for i, p in enumerate(prompts)]
+    splits = build_splits(str(_write_jsonl(tmp_path / "p.jsonl", rows)), tokenizer, test_size=0.25, seed=0)
+    got = list(splits["train"]["prompt"]) + list(splits["test"]["prompt"])
+    assert sorted(got) == sorted(prompts)
+    assert len(splits["test"]) == 6
+    assert "dialogue" not in splits["train"].column_names
+    ids = splits["test"]["input_ids"][0]
+    assert tokenizer.decode(ids) == splits["test"]["prompt"][0]
+
+
+def test_conversational_prompts_go_through_the_chat_template(tmp_path: Path, tokenizer) -> None:
+    from demo.tiny_policy import CHAT_TEMPLATE
+
+    conversation = [
+        {"role": "user", "content": "Hello there."},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": "Say something nice."},
+    ]
+    path = _write_jsonl(tmp_path / "c.jsonl", [{"prompt": conversation}] * 4)
+    with pytest.raises(DatasetError, match="needs a tokenizer with a chat template"):
+        build_splits(str(path), tokenizer)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    try:
+        splits = build_splits(str(path), tokenizer, test_size=0.5)
+    finally:
+        tokenizer.chat_template = None
+    prompt = splits["train"]["prompt"][0]
+    assert prompt.startswith("<|user|>\nHello there.") and prompt.endswith("<|assistant|>\n")
+    assert "Say something nice." in prompt
+
+
+def test_prompt_column_errors(tmp_path: Path, tokenizer) -> None:
+    empty = _write_jsonl(tmp_path / "e.jsonl", [{"prompt": "fine"}, {"prompt": "  "}, {"prompt": "ok"}])
+    with pytest.raises(DatasetError, match="prompt 1 is empty"):
+        build_splits(str(empty), tokenizer)
+    malformed = _write_jsonl(tmp_path / "m.jsonl", [{"prompt": [{"text": "no role"}]}] * 3)
+    with pytest.raises(DatasetError, match="list of .*'role'"):
+        build_splits(str(malformed), tokenizer)

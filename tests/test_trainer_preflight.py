@@ -52,7 +52,7 @@ def test_a_missing_dataset_or_column_is_reported_before_models_load(
     wrong = tmp_path / "wrong.jsonl"
     wrong.write_text(json.dumps({"text": "no chosen column here"}) + "\n")
     assert train(live_service.url, wrong) == 2
-    assert "has no 'chosen' column" in one_line_error(capsys)
+    assert "has no 'prompt' or 'chosen' column" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,9 @@ class RLAIFArguments(ScriptArguments):
     dataset_name: str | None = field(
         default="Anthropic/hh-rlhf",
         metadata={
-            "help": "Hub id (e.g. Anthropic/hh-rlhf) or a local JSON/JSONL/parquet file or directory "
-            "with the same `chosen`/`rejected` columns."
+            "help": "Hub id (e.g. Anthropic/hh-rlhf) or a local JSON/JSONL/parquet file or directory. "
+            "Rows with a `chosen` dialogue (hh-rlhf) become summarisation prompts; rows with a `prompt` "
+            "column (text, or a list of role/content messages) are used as they are."
         },
     )
     reward_url: str = field(
@@ -76,10 +77,10 @@ class RLAIFArguments(ScriptArguments):
         default=8, metadata={"help": "Most attempts per reward call before training stops."}
     )
     min_dialogue_chars: int = field(
-        default=100, metadata={"help": "Keep dialogues strictly longer than this many characters."}
+        default=100, metadata={"help": "Keep hh-rlhf dialogues strictly longer than this many characters."}
     )
     max_dialogue_chars: int = field(
-        default=500, metadata={"help": "Keep dialogues at most this many characters long."}
+        default=500, metadata={"help": "Keep hh-rlhf dialogues at most this many characters long."}
     )
     max_prompt_tokens: int = field(
         default=1024, metadata={"help": "Drop prompts longer than this many tokens after templating."}

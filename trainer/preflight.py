@@ -12,7 +12,7 @@ import httpx
 from shared.client import RetryPolicy, RewardClient, parse_base_urls
 from shared.errors import RewardClientError, RewardRequestError
 from trainer.config import RLAIFArguments
-from trainer.data import DatasetError, load_dialogues
+from trainer.data import DatasetError, load_source
 
 logger = logging.getLogger(__name__)
 READY_POLL_S = 2.0
@@ -24,7 +24,7 @@ class PreflightError(Exception):
 
 def check_dataset(args: RLAIFArguments) -> None:
     try:
-        load_dialogues(
+        load_source(
             args.dataset_name or "Anthropic/hh-rlhf", args.dataset_train_split, args.dataset_config
         )
     except DatasetError as exc:

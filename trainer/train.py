@@ -283,7 +283,7 @@ def build_trainer(
     # TRL's PPO only reads `input_ids`; it would also sample completions from eval_dataset, which we
     # leave to our own before/after evaluation (num_sample_generations=0 in the shipped configs).
     eval_set = splits["test"]
-    columns = ["dialogue", "prompt"]
+    columns = [c for c in train_set.column_names if c != "input_ids"]
 
     client = reward_client(script_args)
     reward_model = reward_bridge.RemoteRewardModel(
