@@ -24,9 +24,7 @@ class PreflightError(Exception):
 
 def check_dataset(args: RLAIFArguments) -> None:
     try:
-        load_source(
-            args.dataset_name or "Anthropic/hh-rlhf", args.dataset_train_split, args.dataset_config
-        )
+        load_source(args.dataset_name or "Anthropic/hh-rlhf", args.dataset_train_split, args.dataset_config)
     except DatasetError as exc:
         raise PreflightError(f"--dataset_name: {exc}") from exc
 
