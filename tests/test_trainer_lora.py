@@ -22,7 +22,9 @@ from trainer.train import build_trainer, run_training  # noqa: E402
 
 
 @pytest.mark.slow
-def test_lora_training_and_eval_cli(tmp_path: Path, live_service: LiveServer) -> None:
+def test_lora_training_and_eval_cli(
+    tmp_path: Path, live_service: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     policy = build_tiny_policy(tmp_path / "policy")
     data = write_hh_jsonl(tmp_path / "hh.jsonl", n=100)
     out = tmp_path / "run"
@@ -36,6 +38,10 @@ def test_lora_training_and_eval_cli(tmp_path: Path, live_service: LiveServer) ->
     assert trainer.ref_model is None and isinstance(trainer.model.policy, PeftModel)
     run_training(trainer)
     assert (out / "adapter_config.json").exists()
+    # The console shows one short line per step, not TRL's metric dicts.
+    printed = capsys.readouterr().out
+    assert "step 1/2  reward " in printed and "step 2/2  reward " in printed
+    assert "objective/" not in printed
 
     code = eval_main(
         [

@@ -15,6 +15,7 @@ from trl.experimental.ppo import PPOConfig
 
 from shared.errors import RewardClientError
 from trainer.config import RLAIFArguments, parse_args
+from trainer.console import hide_harmless_warnings
 from trainer.evaluate import EvalReport, Sampling, evaluate_policies, write_report
 from trainer.preflight import PreflightError, check_trained_model, run_preflight
 from trainer.train import (
@@ -37,6 +38,7 @@ def _setup_logging() -> None:
     # One line per reward call would drown the training progress.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("accelerate").setLevel(logging.WARNING)
+    hide_harmless_warnings()
 
 
 def _sampling(script_args: RLAIFArguments, ppo_config: PPOConfig) -> Sampling:
@@ -72,6 +74,7 @@ def run_evaluation(
             score_on=script_args.score_on,
             before_adapter_disabled=before_adapter_disabled,
             run=run,
+            show_progress=not ppo_config.disable_tqdm,
         )
     write_report(report, ppo_config.output_dir, log_history)
     return report

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from shared.client import RewardClient
@@ -88,6 +89,7 @@ def generate_responses(
     prompt_ids: Sequence[Sequence[int]],
     sampling: Sampling,
     adapter_disabled: bool = False,
+    progress: tqdm | None = None,
 ) -> tuple[list[str], list[int]]:
     """Batched sampling (left-padded prompts); the RNG is reseeded so both policies draw alike.
     Returns the responses and their lengths in tokens (up to EOS)."""
@@ -115,6 +117,8 @@ def generate_responses(
             new_tokens = output[:, batch["input_ids"].shape[1] :]
             responses.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
             lengths.extend(response_token_counts(new_tokens, tokenizer))
+            if progress is not None:
+                progress.update(len(chunk))
     model.train(was_training)
     return responses, lengths
 
@@ -211,6 +215,7 @@ def evaluate_policies(
     score_on: ScoreOn = "query_response",
     before_adapter_disabled: bool = False,
     run: dict[str, Any] | None = None,
+    show_progress: bool = True,
 ) -> EvalReport:
     """Generate with both policies, score through the service, summarise.
 
@@ -218,16 +223,24 @@ def evaluate_policies(
     the base with the adapter switched off, so no second copy of an 8B model is loaded.
     """
     queries = [tokenizer.decode(ids, skip_special_tokens=True) for ids in prompt_ids]
-    before, before_tokens = generate_responses(
-        before_model, tokenizer, prompt_ids, sampling, before_adapter_disabled
-    )
-    after, after_tokens = generate_responses(after_model, tokenizer, prompt_ids, sampling)
-    scored_before = client.score(
-        queries=queries, responses=before, scorer=scorer, score_on=score_on, return_labels=True
-    )
-    scored_after = client.score(
-        queries=queries, responses=after, scorer=scorer, score_on=score_on, return_labels=True
-    )
+    # One bar over both generations and both scoring calls, counted in responses.
+    with tqdm(total=4 * len(queries), desc="evaluation", unit="resp", disable=not show_progress) as bar:
+        bar.set_postfix_str("original policy generates")
+        before, before_tokens = generate_responses(
+            before_model, tokenizer, prompt_ids, sampling, before_adapter_disabled, bar
+        )
+        bar.set_postfix_str("tuned policy generates")
+        after, after_tokens = generate_responses(after_model, tokenizer, prompt_ids, sampling, progress=bar)
+        bar.set_postfix_str("scoring")
+        scored = []
+        for responses in (before, after):
+            scored.append(
+                client.score(
+                    queries=queries, responses=responses, scorer=scorer, score_on=score_on, return_labels=True
+                )
+            )
+            bar.update(len(responses))
+    scored_before, scored_after = scored
     hate_before, hate_after = _hate_probs(scored_before), _hate_probs(scored_after)
     rows = [
         EvalRow(

@@ -37,6 +37,7 @@ from shared.client import RetryPolicy, RewardClient
 from shared.errors import RewardClientError, RewardServiceUnavailable
 from trainer import reward_bridge
 from trainer.config import RLAIFArguments
+from trainer.console import use_step_lines
 from trainer.data import build_splits
 
 logger = logging.getLogger(__name__)
@@ -311,6 +312,7 @@ def build_trainer(
         callbacks=callbacks,
         peft_config=peft_config,
     )
+    use_step_lines(trainer)
     if point is not None:
         # The schedule keeps its full length (built from total_episodes above); only the loop is shortened.
         full_steps = ppo_config.num_total_batches
