@@ -220,8 +220,25 @@ def test_trainers_scale_without_colliding() -> None:
         assert "container_name" not in service, name
     trainer = model["services"]["trainer"]
     assert "ports" not in trainer and "hostname" not in trainer
-    # Every replica has its own hostname (its container id), hence its own output directory.
-    assert flag(trainer_argv(model), "--output_dir") == "/outputs/$(hostname)"
+    # Replicas number their folders under one run name (tests/test_trainer_run_dir.py checks that
+    # two trainers get two folders and a restarted one resumes), whatever their hostnames.
+    argv = trainer_argv(model)
+    assert flag(argv, "--output_dir") == "/outputs/trainer"
+    assert flag(argv, "--numbered_output_dir") == "true" and flag(argv, "--auto_resume") == "true"
+    named = load_project((BASE,), {"RLAIF_RUN_NAME": "exp7"})
+    assert flag(trainer_argv(named), "--output_dir") == "/outputs/exp7"
+
+
+def test_tensorboard_profile_shows_every_trainers_logs_read_only() -> None:
+    model = load_project((BASE,))
+    board = model["services"]["tensorboard"]
+    assert board["profiles"] == ["tensorboard"]  # not started by a plain `docker compose up`
+    assert volume_targets(board)["/outputs"] == ("outputs", "ro")
+    assert board["command"][:3] == ["tensorboard", "--logdir", "/outputs"]
+    train_extra = PYPROJECT["project"]["optional-dependencies"]["train"]
+    assert any(dep.startswith("tensorboard") for dep in train_extra)
+    assert board["build"]["dockerfile"] == DOCKERFILES["trainer"]
+    assert board["ports"] == ["6006:6006"]
 
 
 def test_cpu_variant_drops_every_gpu_reservation_and_nothing_else() -> None:
@@ -231,7 +248,8 @@ def test_cpu_variant_drops_every_gpu_reservation_and_nothing_else() -> None:
     assert cpu["services"]["reward"]["environment"]["REWARD_DEVICE"] == "cpu"
     for name in base["services"]:
         expected = copy.deepcopy(base["services"][name])
-        expected["deploy"]["resources"]["reservations"].pop("devices")
+        if "deploy" in expected:
+            expected["deploy"]["resources"]["reservations"].pop("devices")
         actual = copy.deepcopy(cpu["services"][name])
         actual.get("environment", {}).pop("REWARD_DEVICE", None)
         assert actual == expected, name

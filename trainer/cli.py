@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl import ModelConfig
 from trl.experimental.ppo import PPOConfig
 
 from shared.errors import RewardClientError
@@ -18,6 +19,13 @@ from trainer.config import RLAIFArguments, parse_args
 from trainer.console import hide_harmless_warnings
 from trainer.evaluate import EvalReport, Sampling, evaluate_policies, write_report
 from trainer.preflight import PreflightError, check_trained_model, run_preflight
+from trainer.run_dir import (
+    RunDirError,
+    claim_numbered_dir,
+    finished_run,
+    last_checkpoint,
+    release_claimed_dirs,
+)
 from trainer.train import (
     TRAIN_LOG,
     TrainingInterrupted,
@@ -156,7 +164,29 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
     script_args, ppo_config, model_config = parse_args(argv)
     try:
-        run_preflight(script_args)
+        return _train(script_args, ppo_config, model_config)
+    finally:
+        release_claimed_dirs()
+
+
+def _train(script_args: RLAIFArguments, ppo_config: PPOConfig, model_config: ModelConfig) -> int:
+    try:
+        if script_args.numbered_output_dir:
+            ppo_config.output_dir = str(claim_numbered_dir(ppo_config.output_dir))
+            print(f"output folder: {ppo_config.output_dir}", flush=True)
+    except RunDirError as exc:
+        return _preflight_failed(script_args, PreflightError(str(exc)))
+    if script_args.auto_resume:
+        finished = finished_run(ppo_config.output_dir)
+        if finished is not None:
+            print(
+                f"{ppo_config.output_dir} holds a run that finished at step {finished['global_step']}: "
+                "nothing to do (start a new run with another --output_dir or RLAIF_RUN_NAME)"
+            )
+            return 0
+        script_args.resume = last_checkpoint(ppo_config.output_dir) is not None
+    try:
+        run_preflight(script_args, ppo_config.output_dir)
     except PreflightError as exc:
         return _preflight_failed(script_args, exc)
     trainer, _, splits = build_trainer(script_args, ppo_config, model_config)

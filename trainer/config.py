@@ -118,6 +118,21 @@ class RLAIFArguments(ScriptArguments):
             "help": "Continue from the last checkpoint in --output_dir (weights, optimizer, step count)."
         },
     )
+    auto_resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Continue from the last checkpoint in --output_dir when there is one, start fresh "
+            "otherwise; a run that already finished there is not repeated (exit 0). For restarts."
+        },
+    )
+    numbered_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Write to <output_dir>-N, the lowest N no running trainer holds: trainers started "
+            "with the same flags (docker compose --scale) get their own folders, and a restarted one "
+            "takes a folder back. One process per trainer."
+        },
+    )
 
     def api_key(self) -> str | None:
         return self.reward_api_key or os.environ.get("REWARD_API_KEY")

@@ -13,6 +13,7 @@ from shared.client import RetryPolicy, RewardClient, parse_base_urls
 from shared.errors import RewardClientError, RewardRequestError
 from trainer.config import RLAIFArguments
 from trainer.data import DatasetError, load_source
+from trainer.run_dir import last_checkpoint
 
 logger = logging.getLogger(__name__)
 READY_POLL_S = 2.0
@@ -100,6 +101,16 @@ def _check_scorers(args: RLAIFArguments, url: str) -> None:
             raise PreflightError(f"{flag} {name!r} is not ready on {url}: {served[name].error or 'loading'}")
 
 
-def run_preflight(args: RLAIFArguments) -> None:
+def check_resume(args: RLAIFArguments, output_dir: str) -> None:
+    if args.resume and last_checkpoint(output_dir) is None:
+        raise PreflightError(
+            f"--resume: no checkpoint-* folder in {output_dir} (rerun without --resume, or use "
+            "--auto_resume to resume only when there is a checkpoint)"
+        )
+
+
+def run_preflight(args: RLAIFArguments, output_dir: str | None = None) -> None:
+    if output_dir is not None:
+        check_resume(args, output_dir)
     check_dataset(args)
     check_reward_service(args)

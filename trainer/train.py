@@ -29,7 +29,6 @@ from transformers import (
     TrainerState,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, get_peft_config
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 
@@ -39,6 +38,7 @@ from trainer import reward_bridge
 from trainer.config import RLAIFArguments
 from trainer.console import use_step_lines
 from trainer.data import build_splits
+from trainer.run_dir import last_checkpoint, mark_finished
 
 logger = logging.getLogger(__name__)
 
@@ -194,10 +194,10 @@ def load_optimizer_and_scheduler(trainer: PPOTrainer, checkpoint: Path) -> None:
 
 
 def find_resume_point(output_dir: str) -> ResumePoint:
-    last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    last = last_checkpoint(output_dir)
     if last is None:
         raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output_dir}")
-    return ResumePoint.read(Path(last))
+    return ResumePoint.read(last)
 
 
 # Training --------------------------------------------------------------------------------------
@@ -335,6 +335,8 @@ def run_training(trainer: RemoteRewardPPOTrainer) -> TrainingResult:
         trainer.reward_model.client.close()
     trainer.save_model(str(output_dir))
     _write_log(trainer)
+    if trainer.args.should_save:
+        mark_finished(output_dir, trainer.state.global_step)
     return TrainingResult(output_dir, trainer.state.global_step, trainer.state.log_history)
 
 
