@@ -17,11 +17,11 @@ import platform
 import tempfile
 import time
 
+from harness.fake_bedrock import running_fake_bedrock
 from reward_service.metrics import ServiceMetrics
 from reward_service.scorers.base import ScoreOptions
 from reward_service.scorers.bedrock import BedrockJudge
 from reward_service.settings import ServiceSettings
-from tests.fake_bedrock import running_fake_bedrock
 
 
 def use_dummy_aws_credentials() -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from demo.tiny_models import build_tiny_roberta_classifier
+from harness.fake_bedrock import FakeBedrock, running_fake_bedrock
+from harness.live_server import LiveServer, serving
 from reward_service.app import create_app
 from reward_service.settings import ServiceSettings
-from tests.fake_bedrock import FakeBedrock, running_fake_bedrock
-from tests.live_server import LiveServer, serving
 
 
 @pytest.fixture(scope="session")

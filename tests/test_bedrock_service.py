@@ -8,11 +8,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.fake_bedrock import FakeBedrock, error_reply
+from harness.live_server import serving
 from reward_service.app import create_app
 from shared.client import TIMEOUT_HEADER
 from tests.conftest import bedrock_settings, isolate_aws, service_settings
-from tests.fake_bedrock import FakeBedrock, error_reply
-from tests.live_server import serving
 
 LIKE, HATE = "I like you.", "You are terrible and i hate you."
 

@@ -155,6 +155,11 @@ def trainer_argv(model: dict[str, Any]) -> list[str]:
     return argv[1:]
 
 
+def built_services(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services built from this repository's Dockerfiles (the monitoring ones use images)."""
+    return {name: service for name, service in model["services"].items() if "build" in service}
+
+
 def flag(argv: list[str], name: str) -> str:
     assert name in argv, f"{name} missing from {argv}"
     return argv[argv.index(name) + 1]
@@ -248,7 +253,7 @@ def test_cpu_variant_drops_every_gpu_reservation_and_nothing_else() -> None:
     assert cpu["services"]["reward"]["environment"]["REWARD_DEVICE"] == "cpu"
     for name in base["services"]:
         expected = copy.deepcopy(base["services"][name])
-        if "deploy" in expected:
+        if gpu_devices(expected):
             expected["deploy"]["resources"]["reservations"].pop("devices")
         actual = copy.deepcopy(cpu["services"][name])
         actual.get("environment", {}).pop("REWARD_DEVICE", None)
@@ -262,9 +267,89 @@ def test_aws_variant_mounts_the_profile_read_only_in_the_users_home() -> None:
 
 
 def test_compose_build_args_are_declared_by_the_dockerfiles() -> None:
-    for service in load_project((BASE,))["services"].values():
+    for service in built_services(load_project((BASE,))).values():
         declared = dockerfile_args(service["build"]["dockerfile"])
         assert set(service["build"].get("args", {})) <= set(declared)
+
+
+# --- `--profile monitoring`: Prometheus and Grafana ---------------------------------------------
+
+MONITORING = {"prometheus", "grafana"}
+
+
+def test_monitoring_services_start_only_under_their_profile() -> None:
+    services = load_project((BASE,))["services"]
+    profiles = {name: service.get("profiles") for name, service in services.items()}
+    assert {name for name, p in profiles.items() if p} == MONITORING | {"tensorboard"}
+    assert all(profiles[name] == ["monitoring"] for name in MONITORING)
+    # `docker compose up` without the profile must not need them.
+    for name in set(services) - MONITORING:
+        assert not set(services[name].get("depends_on", {})) & MONITORING, name
+
+
+def test_monitoring_images_are_pinned_and_ports_configurable() -> None:
+    services = load_project((BASE,))["services"]
+    for name in MONITORING:
+        image, _, tag = services[name]["image"].partition(":")
+        assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), services[name]["image"]
+    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]  # no auth: this machine only
+    assert services["grafana"]["ports"] == ["3000:3000"]
+    moved = load_project((BASE,), {"RLAIF_PROMETHEUS_PORT": "9091", "RLAIF_GRAFANA_PORT": "127.0.0.1:3001"})
+    assert moved["services"]["prometheus"]["ports"] == ["9091:9090"]
+    assert moved["services"]["grafana"]["ports"] == ["127.0.0.1:3001:3000"]
+
+
+def test_grafana_is_read_only_for_anonymous_viewers() -> None:
+    env = load_project((BASE,))["services"]["grafana"]["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "admin"  # documented; Grafana asks to change it
+    changed = load_project((BASE,), {"RLAIF_GRAFANA_ADMIN_PASSWORD": "s3cret"})
+    assert changed["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret"
+
+
+def test_monitoring_mounts_files_that_exist() -> None:
+    services = load_project((BASE,))["services"]
+    for name in MONITORING:
+        for target, (source, mode) in volume_targets(services[name]).items():
+            if source.startswith("./"):
+                assert mode == "ro", target
+                path = ROOT / source
+                assert path.is_file() or (path.is_dir() and any(path.iterdir())), source
+    grafana = volume_targets(services["grafana"])
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    dashboards_dir = str(Path(home).parent)
+    assert (ROOT / grafana[dashboards_dir][0] / Path(home).name).is_file()
+    # The provider loads the mounted dashboards; the data source is the compose Prometheus.
+    provisioning = {target: ROOT / source for target, (source, _) in grafana.items()}
+    provider_file = provisioning["/etc/grafana/provisioning/dashboards"] / "rlaif.yml"
+    providers = yaml.safe_load(provider_file.read_text())
+    assert [p["options"]["path"] for p in providers["providers"]] == [dashboards_dir]
+    sources = yaml.safe_load(
+        (provisioning["/etc/grafana/provisioning/datasources"] / "prometheus.yml").read_text()
+    )["datasources"]
+    assert [(s["type"], s["url"]) for s in sources] == [("prometheus", "http://prometheus:9090")]
+    dashboard = json.loads((ROOT / grafana[dashboards_dir][0] / Path(home).name).read_text())
+    datasource = next(v for v in dashboard["templating"]["list"] if v["name"] == "datasource")
+    assert datasource["current"]["value"] == sources[0]["uid"]
+
+
+def test_prometheus_scrapes_the_reward_service_with_its_key() -> None:
+    model = load_project((BASE,))
+    prometheus = model["services"]["prometheus"]
+    config_file = volume_targets(prometheus)["/etc/prometheus/prometheus.yml"][0]
+    config = yaml.safe_load((ROOT / config_file).read_text())
+    [job] = config["scrape_configs"]
+    reward_port = model["services"]["reward"]["environment"]["REWARD_PORT"]
+    assert [c["targets"] for c in job["static_configs"]] == [[f"reward:{reward_port}"]]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert job.get("scheme", "http") == "http"
+    # The key file is the compose config holding REWARD_API_KEY (empty when no key is set).
+    [mounted] = prometheus["configs"]
+    assert job["authorization"]["credentials_file"] == mounted["target"]
+    assert model["configs"][mounted["source"]]["content"] == ""
+    keyed = load_project((BASE,), {"REWARD_API_KEY": "k3y"})
+    assert keyed["configs"][mounted["source"]]["content"] == "k3y"
 
 
 # --- .env.example ----------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from harness.live_server import serving
+from harness.reference_scoring import DirectScorer
 from reward_service.app import create_app
 from reward_service.engine.model_runner import ModelRunner, load_classifier
 from reward_service.engine.scheduler import FairScheduler, QueuedRequest
@@ -25,8 +27,6 @@ from reward_service.metrics import ServiceMetrics
 from reward_service.scorers.base import ScoreOptions
 from reward_service.scorers.roberta import RobertaScorer
 from tests.conftest import LONG_TEXT, service_settings
-from tests.live_server import serving
-from tests.reference_scoring import DirectScorer
 
 
 def queued(request_id: int, lengths: list[int], client: bytes = b"c") -> QueuedRequest:
@@ -254,7 +254,7 @@ def test_several_front_end_workers_feed_one_engine_and_metrics_add_up(
     tiny_roberta: Path, tmp_path: Path
 ) -> None:
     from demo import run as demo_run
-    from tests.live_server import free_port
+    from harness.live_server import free_port
 
     port = free_port()
     log = tmp_path / "service.log"

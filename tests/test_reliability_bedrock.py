@@ -7,10 +7,10 @@ import threading
 
 import httpx
 
+from harness.fake_bedrock import FakeBedrock, Reply, article_judge, error_reply
+from harness.live_server import serving
 from reward_service.app import create_app
 from tests.conftest import bedrock_settings
-from tests.fake_bedrock import FakeBedrock, Reply, article_judge, error_reply
-from tests.live_server import serving
 
 
 def throttle_share(share: float, seed: int = 0):

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from tests.live_server import LiveServer
+from harness.live_server import LiveServer
 
 # CI runs a reduced number of examples; RELIABILITY_FULL=1 runs the full set.
 EXAMPLES = 200 if os.environ.get("RELIABILITY_FULL") else 40

@@ -1,7 +1,7 @@
 """Load: concurrent clients, nothing lost, reordered or wrong; a full queue is absorbed by the client.
 
 CI runs a reduced load; `RELIABILITY_FULL=1` runs the issue's 8 clients x 500 requests x 16 pairs
-(the same driver as `python -m bench.load_test`).
+(the driver in harness/load.py, which `python -m bench.load_test` runs too).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.load_test import pair_pool, run_load
+from harness.live_server import serving
+from harness.load import pair_pool, run_load
+from harness.reference_scoring import DirectScorer
 from reward_service.app import create_app
 from tests.conftest import service_settings
-from tests.live_server import serving
-from tests.reference_scoring import DirectScorer
 
 REQUESTS_PER_CLIENT = 500 if os.environ.get("RELIABILITY_FULL") else 40
 

@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from demo import run as demo_run
+from harness.live_server import free_port, serving
 from reward_service.app import create_app
 from tests.conftest import LONG_TEXT, service_settings
-from tests.live_server import free_port, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 

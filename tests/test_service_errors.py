@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.live_server import LiveServer, serving
 from reward_service.app import create_app
 from tests.conftest import LONG_TEXT, service_settings
-from tests.live_server import LiveServer, serving
 
 
 def post(server: LiveServer, path: str, body: object) -> httpx.Response:

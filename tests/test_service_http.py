@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from demo.corpus import labelled_sentences
-from tests.live_server import LiveServer
-from tests.reference_scoring import DirectScorer
+from harness.live_server import LiveServer
+from harness.reference_scoring import DirectScorer
 
 TOL = 1e-4
 

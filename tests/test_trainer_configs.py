@@ -57,6 +57,18 @@ def test_precision_is_bf16_only_where_the_gpu_supports_it_and_a_flag_wins(
         assert parse_args([*config, "--bf16", "false"])[1].bf16 is False
 
 
+def test_a_shipped_config_is_found_by_name_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # as an installed user: no configs/ folder here
+    _, _, model = parse_args(["--config", "qwen25_05b", *CPU])
+    assert model.model_name_or_path == "Qwen/Qwen2.5-0.5B-Instruct"
+    _, _, model = parse_args(["--config", str(CONFIGS / "qwen25_05b.yaml"), *CPU])  # a path as given
+    assert model.model_name_or_path == "Qwen/Qwen2.5-0.5B-Instruct"
+    with pytest.raises(SystemExit, match="llama31_8b_lora_reference"):
+        parse_args(["--config", "qwen25", *CPU])
+
+
 def test_help_starts_with_a_usage_that_names_the_flags_that_matter() -> None:
     text = trainer_config.parser().format_help()
     usage = text[: text.index("options:")]

@@ -16,9 +16,9 @@ from trl.experimental.ppo import PPOConfig
 
 from shared.errors import RewardClientError
 from trainer.config import RLAIFArguments, parse_args
-from trainer.console import hide_harmless_warnings
 from trainer.evaluate import EvalReport, Sampling, evaluate_policies, write_report
 from trainer.preflight import PreflightError, check_trained_model, run_preflight
+from trainer.progress import hide_harmless_warnings
 from trainer.run_dir import (
     RunDirError,
     claim_numbered_dir,

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from trl import ModelConfig, ScriptArguments, TrlParser
 from trl.experimental.ppo import PPOConfig
+
+from trainer.shipped_configs import shipped_configs, with_shipped_config
 
 
 @dataclass
@@ -175,11 +178,13 @@ class RLAIFPPOConfig(PPOConfig):
     )
 
 
-USAGE = """%(prog)s --config configs/qwen25_05b.yaml --reward_url http://HOST:8000 [flags]
+USAGE = f"""%(prog)s --config qwen25_05b --reward_url http://HOST:8000 [flags]
+       %(prog)s --config configs/qwen25_05b.yaml --reward_url http://HOST:8000 [flags]
        %(prog)s --model_name_or_path MODEL --dataset_name Anthropic/hh-rlhf --reward_url URL [flags]
 
-The flags that matter most: --config (a YAML file holding any of the flags below; flags on the
-command line win), --model_name_or_path, --dataset_name, --reward_url (one URL or several,
+The flags that matter most: --config (a YAML file holding any of the flags below, or the name
+of a config shipped with the package: {", ".join(shipped_configs())}; flags on the command
+line win), --model_name_or_path, --dataset_name, --reward_url (one URL or several,
 comma-separated), --reward_scorer, --score_on, --output_dir, --total_episodes, --learning_rate,
 --kl_coef, --resume. Configuration errors are checked before any model loads (exit status 2).
 """
@@ -197,9 +202,8 @@ def parser() -> TrlParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[RLAIFArguments, PPOConfig, ModelConfig]:
     """Parse flags and an optional `--config x.yaml` (flags win over the file)."""
-    script_args, ppo_config, model_config = parser().parse_args_and_config(
-        args=list(argv) if argv is not None else None
-    )
+    args = with_shipped_config(sys.argv[1:] if argv is None else argv)
+    script_args, ppo_config, model_config = parser().parse_args_and_config(args=args)
     if not model_config.model_name_or_path:
         raise SystemExit("--model_name_or_path is required (a hub id or a local directory)")
     return script_args, ppo_config, model_config

@@ -36,8 +36,8 @@ from shared.client import RetryPolicy, RewardClient
 from shared.errors import RewardClientError, RewardServiceUnavailable
 from trainer import reward_bridge
 from trainer.config import RLAIFArguments
-from trainer.console import use_step_lines
 from trainer.data import build_splits
+from trainer.progress import use_step_lines
 from trainer.run_dir import last_checkpoint, mark_finished
 
 logger = logging.getLogger(__name__)

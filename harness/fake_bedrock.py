@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.live_server import LiveServer, serving
+from harness.live_server import LiveServer, serving
 
 
 @dataclass

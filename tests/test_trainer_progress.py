@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("trl")
 
-from trainer.console import hide_harmless_warnings, only_new_value_head, step_line  # noqa: E402
+from trainer.progress import hide_harmless_warnings, only_new_value_head, step_line  # noqa: E402
 
 PPO_LOG = {
     "objective/kl": 0.4123,
