@@ -15,8 +15,10 @@ from reward_service import __version__
 from reward_service.allocator import pin_mmap_threshold
 from reward_service.errors import ServiceError
 from reward_service.metrics import ServiceMetrics
-from reward_service.routes import ClientGone, router
+from reward_service.protocols import protocol_router
+from reward_service.routes import router
 from reward_service.scorers import ScorerRegistry, build_registry
+from reward_service.scoring import ClientGone
 from reward_service.security import BearerAuth, BodySizeLimit, ShutdownGuard
 from reward_service.settings import ServiceSettings
 
@@ -106,6 +108,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.registry = registry
     app.include_router(router)
+    app.include_router(protocol_router)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ClientGone, _client_gone)

@@ -24,6 +24,16 @@ class InvalidInput(ServiceError):
     status_code = 422
 
 
+class NoClassLogits(InvalidInput):
+    """Class probabilities were asked of a scorer that gives one number per text (a judge, an ensemble)."""
+
+
+class InputTooLong(ServiceError):
+    """An input is longer than the model's window and the request asked not to truncate it."""
+
+    status_code = 413
+
+
 class Overloaded(ServiceError):
     """The scorer's queue is full: come back shortly."""
 

@@ -42,3 +42,10 @@ def check_texts(field_name: str, texts: list[str], settings: ServiceSettings) ->
                     f"{field_name}[{index}] is not valid Unicode: a lone surrogate "
                     f"(U+{ord(text[exc.start]):04X}) at character {exc.start}"
                 ) from None
+
+
+def check_inputs(field_name: str, texts: list[str], settings: ServiceSettings) -> list[str]:
+    """`texts` after checking their count (413) and each text (422 naming `field_name[i]`)."""
+    check_count(len(texts), settings)
+    check_texts(field_name, texts, settings)
+    return texts

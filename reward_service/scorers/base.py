@@ -13,6 +13,8 @@ from shared.schemas import LabelScore, ScorerInfo, TruncationSide
 class ScoreOptions:
     truncation_side: TruncationSide
     return_labels: bool = False
+    # False: an input longer than the model's window is refused (InputTooLong) instead of cut.
+    truncate: bool = True
     # time.monotonic() by which the answer is due; scorers stop retrying upstream calls past it.
     deadline: float = math.inf
 
@@ -23,6 +25,8 @@ class ScoreOutput:
     truncated: int = 0
     labels: list[dict[str, LabelScore]] | None = None
     members: dict[str, list[float]] | None = None
+    # Tokens the model read (after truncation), where the scorer tokenizes itself.
+    input_tokens: int | None = None
 
 
 class Scorer(ABC):
@@ -30,6 +34,8 @@ class Scorer(ABC):
 
     name: str
     kind: str
+    # True for a classifier whose `labels` carry a logit per class; False where a score is one number.
+    class_logits: bool = False
 
     @abstractmethod
     async def start(self) -> None:

@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from reward_service.engine.client import EngineClient
 from reward_service.engine.protocol import EngineConfig, pack_token_ids
 from reward_service.engine.supervisor import EngineSupervisor
-from reward_service.errors import NotReady
+from reward_service.errors import InputTooLong, NotReady
 from reward_service.metrics import ServiceMetrics
 from reward_service.model_source import check_model_source
 from reward_service.scorers.base import ScoreOptions, ScoreOutput, Scorer
@@ -45,6 +45,7 @@ TOKENIZE_CHUNK = 64
 class Tokenized:
     ids: list[list[int]]
     truncated: int
+    first_truncated: int | None = None
 
 
 def engine_configs(name: str, settings: ServiceSettings) -> list[EngineConfig]:
@@ -67,6 +68,7 @@ def engine_configs(name: str, settings: ServiceSettings) -> list[EngineConfig]:
 
 class RobertaScorer(Scorer):
     kind = "classifier"
+    class_logits = True
 
     def __init__(self, name: str, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
         self.name = name
@@ -202,7 +204,7 @@ class RobertaScorer(Scorer):
             for text in texts
         ]
         backend = self._truncating[side]
-        ids, truncated = [], 0
+        ids, truncated, first_truncated = [], 0, None
         # In chunks: an Encoding (tokens, offsets, masks) weighs ~100 bytes a token; only the ids are
         # kept, so a chunk's encodings are freed before the next chunk is tokenized.
         for start in range(0, len(texts), TOKENIZE_CHUNK):
@@ -213,18 +215,27 @@ class RobertaScorer(Scorer):
                 if was_cut and sum(len(o.ids) for o in encoding.overflowing) < BOUNDARY_TOKENS + 2:
                     encoding = backend.encode(text, add_special_tokens=True)
                 ids.append(encoding.ids)
-                truncated += was_cut or bool(encoding.overflowing)
-        return Tokenized(ids, truncated)
+                if was_cut or encoding.overflowing:
+                    truncated += 1
+                    first_truncated = len(ids) - 1 if first_truncated is None else first_truncated
+        return Tokenized(ids, truncated, first_truncated)
 
     async def score(self, texts: list[str], options: ScoreOptions) -> ScoreOutput:
         engine = self._pick_engine()
         tokenized = await anyio.to_thread.run_sync(self.tokenize, texts, options.truncation_side)
+        if not options.truncate and tokenized.first_truncated is not None:
+            raise InputTooLong(
+                f"input {tokenized.first_truncated} is longer than the model's window of {self.max_tokens} "
+                f"tokens ({tokenized.truncated} input(s) are); shorten it or allow truncation"
+            )
         token_ids, lengths = pack_token_ids(tokenized.ids)
         logits = await engine.score(token_ids, lengths)
         self._metrics.truncated.labels(self.name).inc(tokenized.truncated)
         scores = [row[self._reward_index] for row in logits]
         labels = self._label_scores(logits) if options.return_labels else None
-        return ScoreOutput(scores=scores, truncated=tokenized.truncated, labels=labels)
+        return ScoreOutput(
+            scores=scores, truncated=tokenized.truncated, labels=labels, input_tokens=sum(lengths)
+        )
 
     def _pick_engine(self) -> EngineClient:
         """The ready engine with the fewest items outstanding from this front end.

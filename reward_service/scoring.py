@@ -1,0 +1,152 @@
+"""The one scoring path every route shares: limits, the request's deadline, cancellation when the
+client goes away, and the request metrics (with the route as a label).
+
+Routes translate their protocol's body into texts and options, call `score_texts`, and translate the
+`Scored` result back into their protocol's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import anyio
+from fastapi import Request
+
+from reward_service.allocator import LARGE_REQUEST_CHARS, release_freed_memory
+from reward_service.deadline import request_budget_s
+from reward_service.errors import DeadlineExceeded, NoClassLogits, ScoringFailed, ServiceError
+from reward_service.metrics import ServiceMetrics
+from reward_service.scorers import ScoreOptions, ScoreOutput, Scorer, ScorerRegistry
+from reward_service.settings import ServiceSettings
+from shared.client import TIMEOUT_HEADER
+from shared.schemas import TruncationSide
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+UNKNOWN_SCORER_LABEL = "unknown"
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its scores were ready."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    scorer: Scorer
+    output: ScoreOutput
+
+
+def registry_of(request: Request) -> ScorerRegistry:
+    return request.app.state.registry
+
+
+def settings_of(request: Request) -> ServiceSettings:
+    return request.app.state.settings
+
+
+def metrics_of(request: Request) -> ServiceMetrics:
+    return request.app.state.metrics
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first.
+
+    The body has been read by now, so the next ASGI message can only be the disconnect. Cancelling
+    the scorer call makes the engine client send CancelItems, and the engine drops the queued items.
+    """
+    work_task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Also when this request is cancelled itself (shutdown past its grace period).
+        watcher.cancel()
+        if not work_task.done():
+            work_task.cancel()
+    if work_task not in done:
+        raise ClientGone
+    return work_task.result()
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def score_texts(
+    request: Request,
+    route: str,
+    scorer_name: str | None,
+    inputs: Callable[[ServiceSettings], list[str]],
+    *,
+    truncation_side: TruncationSide | None = None,
+    return_labels: bool = False,
+    truncate: bool = True,
+    class_logits_hint: str | None = None,
+) -> Scored:
+    """Score the texts that `inputs(settings)` returns once it has checked the limits (413/422).
+
+    `truncate=False` refuses inputs longer than the model's window (413) instead of cutting them.
+    With `class_logits_hint`, a scorer that gives one number per text rather than a logit per class is
+    refused before any work (422, the hint says what to send instead).
+    """
+    settings, metrics, registry = settings_of(request), metrics_of(request), registry_of(request)
+    # Labels only from configured names: a label per arbitrary URL would grow /metrics without bound.
+    label = registry.default if scorer_name is None else scorer_name
+    if label not in registry.scorers:
+        label = UNKNOWN_SCORER_LABEL
+    started = time.perf_counter()
+    status = 500
+    try:
+        scorer = registry.get(scorer_name)
+        if class_logits_hint is not None and not scorer.class_logits:
+            raise NoClassLogits(
+                f"scorer '{scorer.name}' gives one score per text, not a logit per class, so it has no "
+                f"class probabilities: {class_logits_hint}"
+            )
+        texts = inputs(settings)
+        budget_s = request_budget_s(request.headers, settings)
+        options = ScoreOptions(
+            truncation_side=truncation_side or settings.truncation_side,
+            return_labels=return_labels,
+            truncate=truncate,
+            deadline=time.monotonic() + budget_s,
+        )
+        try:
+            async with asyncio.timeout(budget_s):
+                output = (
+                    await _unless_disconnected(request, scorer.score(texts, options))
+                    if texts
+                    else ScoreOutput(scores=[], labels=[] if return_labels else None)
+                )
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"scorer '{label}' could not score {len(texts)} input(s) within the request's deadline "
+                f"({budget_s:.1f} s: {TIMEOUT_HEADER} less a margin, or REWARD_REQUEST_TIMEOUT_S)"
+            ) from None
+        status = 200
+    except ServiceError as exc:
+        status = exc.status_code
+        raise
+    except ClientGone:
+        status = 499
+        raise
+    except asyncio.CancelledError:
+        # Only a shutdown cancels a request; ShutdownGuard answers it with 503 + Retry-After.
+        status = 503
+        raise
+    except Exception as exc:
+        log.exception("scorer '%s' failed unexpectedly on %s", label, route)
+        raise ScoringFailed(f"scorer '{label}' failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        metrics.requests.labels(route, label, str(status)).inc()
+    metrics.items.labels(scorer.name).inc(len(texts))
+    if sum(map(len, texts)) > LARGE_REQUEST_CHARS:
+        await anyio.to_thread.run_sync(release_freed_memory)
+    metrics.request_latency.labels(scorer.name).observe(time.perf_counter() - started)
+    return Scored(scorer, output)
