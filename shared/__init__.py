@@ -8,6 +8,7 @@ from shared.errors import (
     RewardScoringError,
     RewardServiceUnavailable,
 )
+from shared.reward_function import RemoteReward
 from shared.schemas import (
     LabelScore,
     OpenRLHFRequest,
@@ -23,6 +24,7 @@ __all__ = [
     "LabelScore",
     "OpenRLHFRequest",
     "OpenRLHFResponse",
+    "RemoteReward",
     "RetryPolicy",
     "RewardClient",
     "RewardClientError",

@@ -10,13 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig
 from trl.experimental.ppo import PPOConfig
 
 from shared.errors import RewardClientError
-from trainer.config import RLAIFArguments, parse_args
+from trainer.config import RLAIFArguments, TrainingConfig, kl_weight, max_new_tokens, parse_args
 from trainer.evaluate import EvalReport, Sampling, evaluate_policies, write_report
+from trainer.group_train import build_group_trainer
 from trainer.preflight import PreflightError, check_trained_model, run_preflight
 from trainer.progress import hide_harmless_warnings
 from trainer.run_dir import (
@@ -49,19 +51,19 @@ def _setup_logging() -> None:
     hide_harmless_warnings()
 
 
-def _sampling(script_args: RLAIFArguments, ppo_config: PPOConfig) -> Sampling:
+def _sampling(script_args: RLAIFArguments, config: TrainingConfig) -> Sampling:
     # The same sampling as the PPO rollouts (top_k 0, top_p 1.0, TRL's temperature and length).
     return Sampling(
-        max_new_tokens=ppo_config.response_length,
-        temperature=ppo_config.temperature,
-        seed=ppo_config.seed,
+        max_new_tokens=max_new_tokens(config),
+        temperature=config.temperature,
+        seed=config.seed,
         batch_size=script_args.eval_batch_size,
     )
 
 
 def run_evaluation(
     script_args: RLAIFArguments,
-    ppo_config: PPOConfig,
+    config: TrainingConfig,
     before: PreTrainedModel,
     after: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -77,19 +79,19 @@ def run_evaluation(
             tokenizer,
             prompt_ids[: script_args.eval_samples],
             client,
-            _sampling(script_args, ppo_config),
+            _sampling(script_args, config),
             scorer=script_args.eval_scorer or script_args.reward_scorer,
             score_on=script_args.score_on,
             before_adapter_disabled=before_adapter_disabled,
             run=run,
-            show_progress=not ppo_config.disable_tqdm,
+            show_progress=not config.disable_tqdm,
         )
-    write_report(report, ppo_config.output_dir, log_history)
+    write_report(report, config.output_dir, log_history)
     return report
 
 
 def run_details(
-    script_args: RLAIFArguments, ppo_config: PPOConfig, policy: str, log_history: list[dict[str, Any]]
+    script_args: RLAIFArguments, config: TrainingConfig, policy: str, log_history: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """What a report needs to be compared with another run's."""
     server_default = "(the service's default)"
@@ -99,9 +101,10 @@ def run_details(
         "eval_scorer": script_args.eval_scorer or script_args.reward_scorer or server_default,
         "score_on": script_args.score_on,
         "steps": max((int(e.get("step", 0)) for e in log_history), default=0),
-        "learning_rate": ppo_config.learning_rate,
-        "kl_coef": ppo_config.kl_coef,
-        "seed": ppo_config.seed,
+        "algorithm": script_args.algorithm,
+        "learning_rate": config.learning_rate,
+        **kl_weight(config),
+        "seed": config.seed,
         "commit": _source_commit(),
     }
 
@@ -122,7 +125,7 @@ def _source_commit() -> str:
 
 def _evaluate_and_report(
     script_args: RLAIFArguments,
-    ppo_config: PPOConfig,
+    config: TrainingConfig,
     models: tuple[PreTrainedModel, PreTrainedModel, PreTrainedTokenizerBase],
     prompt_ids: list[list[int]],
     log_history: list[dict[str, Any]],
@@ -135,20 +138,20 @@ def _evaluate_and_report(
     try:
         report = run_evaluation(
             script_args,
-            ppo_config,
+            config,
             before,
             after,
             tokenizer,
             prompt_ids,
             log_history,
             before_adapter_disabled,
-            run=run_details(script_args, ppo_config, policy, log_history),
+            run=run_details(script_args, config, policy, log_history),
         )
     except RewardClientError as exc:
         print(f"error: {failure}: {exc}", file=sys.stderr)
         return EXIT_REWARD_SERVICE
     print(json.dumps(report.summary(), indent=2))
-    print(f"report: {Path(ppo_config.output_dir) / 'report.md'}")
+    print(f"report: {Path(config.output_dir) / 'report.md'}")
     return 0
 
 
@@ -162,43 +165,50 @@ def _preflight_failed(script_args: RLAIFArguments, exc: PreflightError) -> int:
 def train_main(argv: Sequence[str] | None = None) -> int:
     """Train with PPO against the reward service, then evaluate before/after."""
     _setup_logging()
-    script_args, ppo_config, model_config = parse_args(argv)
+    script_args, config, model_config = parse_args(argv)
     try:
-        return _train(script_args, ppo_config, model_config)
+        return _train(script_args, config, model_config)
     finally:
         release_claimed_dirs()
 
 
-def _train(script_args: RLAIFArguments, ppo_config: PPOConfig, model_config: ModelConfig) -> int:
+def _train(script_args: RLAIFArguments, config: TrainingConfig, model_config: ModelConfig) -> int:
     try:
         if script_args.numbered_output_dir:
-            ppo_config.output_dir = str(claim_numbered_dir(ppo_config.output_dir))
-            print(f"output folder: {ppo_config.output_dir}", flush=True)
+            config.output_dir = str(claim_numbered_dir(config.output_dir))
+            print(f"output folder: {config.output_dir}", flush=True)
     except RunDirError as exc:
         return _preflight_failed(script_args, PreflightError(str(exc)))
     if script_args.auto_resume:
-        finished = finished_run(ppo_config.output_dir)
+        finished = finished_run(config.output_dir)
         if finished is not None:
             print(
-                f"{ppo_config.output_dir} holds a run that finished at step {finished['global_step']}: "
+                f"{config.output_dir} holds a run that finished at step {finished['global_step']}: "
                 "nothing to do (start a new run with another --output_dir or RLAIF_RUN_NAME)"
             )
             return 0
-        script_args.resume = last_checkpoint(ppo_config.output_dir) is not None
+        script_args.resume = last_checkpoint(config.output_dir) is not None
     try:
-        run_preflight(script_args, ppo_config.output_dir)
+        run_preflight(script_args, config.output_dir)
     except PreflightError as exc:
         return _preflight_failed(script_args, exc)
-    trainer, _, splits = build_trainer(script_args, ppo_config, model_config)
+    if isinstance(config, PPOConfig):
+        trainer, _, splits = build_trainer(script_args, config, model_config)
+        resume_from = None  # PPO is resumed by build_trainer
+    else:
+        trainer, splits = build_group_trainer(script_args, config, model_config)
+        resume_from = last_checkpoint(config.output_dir) if script_args.resume else None
     try:
-        result = run_training(trainer)
+        result = run_training(trainer, resume_from)
     except TrainingInterrupted as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REWARD_SERVICE
     if script_args.skip_eval or not trainer.accelerator.is_main_process:
         return 0
-    tuned = trainer.accelerator.unwrap_model(trainer.model).policy
-    lora = trainer.is_peft_model
+    tuned = trainer.accelerator.unwrap_model(trainer.model)
+    if isinstance(config, PPOConfig):
+        tuned = tuned.policy  # PPO trains a policy + value wrapper
+    lora = isinstance(tuned, PeftModel)
     # With LoRA the original policy is the same model with its adapter disabled.
     original = (
         tuned
@@ -208,7 +218,7 @@ def _train(script_args: RLAIFArguments, ppo_config: PPOConfig, model_config: Mod
     original.to(tuned.device)
     return _evaluate_and_report(
         script_args,
-        ppo_config,
+        config,
         (original, tuned, trainer.processing_class),
         splits["test"]["input_ids"],
         result.log_history,
@@ -222,8 +232,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     """Compare the original policy with a tuned one (default: --output_dir) on the held-out split."""
 
     _setup_logging()
-    script_args, ppo_config, model_config = parse_args(argv)
-    tuned_path = Path(script_args.eval_model or ppo_config.output_dir)
+    script_args, config, model_config = parse_args(argv)
+    tuned_path = Path(script_args.eval_model or config.output_dir)
     base = model_config.model_name_or_path
     assert base
     try:
@@ -241,12 +251,12 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     else:
         tuned = load_policy(str(tuned_path), tokenizer, model_config)
         original = load_policy(base, tokenizer, model_config)
-    splits = splits_for(script_args, tokenizer, ppo_config.seed)
-    log_path = Path(ppo_config.output_dir) / TRAIN_LOG
+    splits = splits_for(script_args, tokenizer, config.seed)
+    log_path = Path(config.output_dir) / TRAIN_LOG
     log_history = json.loads(log_path.read_text()) if log_path.exists() else []
     return _evaluate_and_report(
         script_args,
-        ppo_config,
+        config,
         (original, tuned, tokenizer),
         splits["test"]["input_ids"],
         log_history,

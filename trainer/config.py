@@ -13,9 +13,11 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from trl import ModelConfig, ScriptArguments, TrlParser
+import yaml
+from trl import GRPOConfig, ModelConfig, RLOOConfig, ScriptArguments, TrlParser
 from trl.experimental.ppo import PPOConfig
 
 from trainer.shipped_configs import shipped_configs, with_shipped_config
@@ -25,6 +27,14 @@ from trainer.shipped_configs import shipped_configs, with_shipped_config
 class RLAIFArguments(ScriptArguments):
     """Dataset, reward service and evaluation settings (TRL's `ScriptArguments` plus ours)."""
 
+    algorithm: Literal["ppo", "grpo", "rloo"] = field(
+        default="ppo",
+        metadata={
+            "help": "ppo (TRL's PPO with a value model, the reference pipeline), grpo or rloo (TRL's "
+            "GRPOTrainer / RLOOTrainer: several completions per prompt, no value model). Each brings "
+            "its own TRL flags (e.g. --kl_coef for ppo, --beta and --num_generations for grpo/rloo)."
+        },
+    )
     dataset_name: str | None = field(
         default="Anthropic/hh-rlhf",
         metadata={
@@ -42,7 +52,11 @@ class RLAIFArguments(ScriptArguments):
     )
     reward_scorer: str | None = field(
         default=None,
-        metadata={"help": "Scorer used for the training reward (default: the server's default)."},
+        metadata={
+            "help": "Scorer used for the training reward (default: the server's default). grpo/rloo: "
+            "several, comma-separated (e.g. roberta-hate,claude-bedrock), one reward function each, "
+            "weighted by --reward_weights and called concurrently."
+        },
     )
     reward_api_key: str | None = field(
         default=None, metadata={"help": "Bearer key for the reward service (default: env REWARD_API_KEY)."}
@@ -140,6 +154,12 @@ class RLAIFArguments(ScriptArguments):
     def api_key(self) -> str | None:
         return self.reward_api_key or os.environ.get("REWARD_API_KEY")
 
+    def reward_scorers(self) -> list[str | None]:
+        """The training scorers, in order; [None] = the service's default scorer."""
+        if not self.reward_scorer:
+            return [None]
+        return [name.strip() for name in self.reward_scorer.split(",")]
+
 
 def bf16_supported() -> bool:
     """Whether this machine's accelerator computes in bf16 (an Ampere or newer GPU)."""
@@ -149,8 +169,8 @@ def bf16_supported() -> bool:
 
 
 @dataclass
-class RLAIFPPOConfig(PPOConfig):
-    """TRL's PPOConfig with three defaults changed for this project."""
+class _ProjectDefaults:
+    """Defaults this project changes in every TRL trainer config."""
 
     bf16: bool | None = field(
         default=None,
@@ -159,16 +179,21 @@ class RLAIFPPOConfig(PPOConfig):
             "older GPUs); TRL's own default (on) fails on those."
         },
     )
-
-    def __post_init__(self) -> None:
-        if self.bf16 is None:
-            self.bf16 = not self.fp16 and bf16_supported()
-        super().__post_init__()
-
     report_to: None | str | list[str] = field(
         default="tensorboard",
         metadata={"help": "Where to log ('tensorboard' by default, logs under <output_dir>/runs; 'none')."},
     )
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and bf16_supported()  # type: ignore[attr-defined]
+        super().__post_init__()  # type: ignore[misc]
+
+
+@dataclass
+class RLAIFPPOConfig(_ProjectDefaults, PPOConfig):
+    """TRL's PPOConfig with three defaults changed for this project."""
+
     num_sample_generations: int = field(
         default=0,
         metadata={
@@ -176,6 +201,36 @@ class RLAIFPPOConfig(PPOConfig):
             "evaluation is done at the end (each table would also cost reward calls)."
         },
     )
+
+
+@dataclass
+class RLAIFGRPOConfig(_ProjectDefaults, GRPOConfig):
+    """TRL's GRPOConfig with this project's precision and logging defaults."""
+
+
+@dataclass
+class RLAIFRLOOConfig(_ProjectDefaults, RLOOConfig):
+    """TRL's RLOOConfig with this project's precision and logging defaults."""
+
+
+TrainingConfig = PPOConfig | GRPOConfig | RLOOConfig
+
+
+def max_new_tokens(config: TrainingConfig) -> int:
+    """Response length in tokens: PPO's --response_length, GRPO's / RLOO's --max_completion_length."""
+    if isinstance(config, PPOConfig):
+        return config.response_length
+    return config.max_completion_length or 256
+
+
+def kl_weight(config: TrainingConfig) -> dict[str, float]:
+    """The KL penalty's weight, under its flag's name (PPO's kl_coef, GRPO's / RLOO's beta)."""
+    if isinstance(config, PPOConfig):
+        return {"kl_coef": config.kl_coef}
+    return {"beta": config.beta}
+
+
+CONFIG_CLASSES: dict[str, type] = {"ppo": RLAIFPPOConfig, "grpo": RLAIFGRPOConfig, "rloo": RLAIFRLOOConfig}
 
 
 USAGE = f"""%(prog)s --config qwen25_05b --reward_url http://HOST:8000 [flags]
@@ -192,18 +247,54 @@ comma-separated), --reward_scorer, --score_on, --output_dir, --total_episodes, -
 UNUSED_FLAGS = ("--dataset_test_split", "--dataset_streaming", "--ignore_bias_buffers")
 
 
-def parser() -> TrlParser:
-    built = TrlParser((RLAIFArguments, RLAIFPPOConfig, ModelConfig), usage=USAGE)
+def parser(algorithm: str = "ppo") -> TrlParser:
+    built = TrlParser((RLAIFArguments, CONFIG_CLASSES[algorithm], ModelConfig), usage=USAGE)
     for action in built._actions:  # argparse has no public way to hide an added flag
         if any(option in UNUSED_FLAGS for option in action.option_strings):
             action.help = argparse.SUPPRESS
     return built
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[RLAIFArguments, PPOConfig, ModelConfig]:
+def requested_algorithm(args: Sequence[str]) -> str:
+    """--algorithm from the command line, else from the --config file, else ppo: it decides which
+    TRL config class parses the other flags, so it is read before them."""
+    found: str | None = None
+    config_file: str | None = None
+    for i, arg in enumerate(args):
+        if arg.startswith("--algorithm="):
+            found = arg.split("=", 1)[1]
+        elif arg == "--algorithm" and i + 1 < len(args):
+            found = args[i + 1]
+        elif arg == "--config" and i + 1 < len(args):
+            config_file = args[i + 1]
+    if found is None and config_file is not None and Path(config_file).is_file():
+        loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        found = loaded.get("algorithm") if isinstance(loaded, dict) else None
+    algorithm = str(found or "ppo").lower()
+    if algorithm not in CONFIG_CLASSES:
+        raise SystemExit(f"--algorithm {algorithm}: choose one of {', '.join(CONFIG_CLASSES)}")
+    return algorithm
+
+
+def parse_args(
+    argv: Sequence[str] | None = None,
+) -> tuple[RLAIFArguments, TrainingConfig, ModelConfig]:
     """Parse flags and an optional `--config x.yaml` (flags win over the file)."""
     args = with_shipped_config(sys.argv[1:] if argv is None else argv)
-    script_args, ppo_config, model_config = parser().parse_args_and_config(args=args)
+    algorithm = requested_algorithm(args)
+    script_args, training_config, model_config = parser(algorithm).parse_args_and_config(args=args)
+    script_args.algorithm = algorithm  # type: ignore[assignment]
     if not model_config.model_name_or_path:
         raise SystemExit("--model_name_or_path is required (a hub id or a local directory)")
-    return script_args, ppo_config, model_config
+    scorers = script_args.reward_scorers()
+    if algorithm == "ppo" and len(scorers) > 1:
+        raise SystemExit(
+            "--reward_scorer: PPO takes one scorer; combine several into a weighted ensemble on the "
+            "service (REWARD_ENSEMBLES) or use --algorithm grpo / rloo"
+        )
+    weights = getattr(training_config, "reward_weights", None)
+    if weights is not None and len(weights) != len(scorers):
+        raise SystemExit(
+            f"--reward_weights: {len(weights)} weight(s) for {len(scorers)} scorer(s) in --reward_scorer"
+        )
+    return script_args, training_config, model_config

@@ -338,21 +338,24 @@ def training_rewards(log_history: list[dict[str, Any]]) -> list[tuple[int, float
     return logged_points(log_history, "reward/mean")
 
 
-# Logged per step: ours (reward, response length) and TRL's (KL, entropy).
+# Logged per step: ours (reward, response length) and TRL's (KL, entropy: PPO's names, then
+# GRPO's / RLOO's).
 CURVES = {
-    "reward/mean": "reward",
-    "objective/kl": "KL to the reference",
-    "objective/entropy": "entropy",
-    "response/mean_tokens": "response length (tokens)",
+    "reward": ("reward/mean",),
+    "KL to the reference": ("objective/kl", "kl"),
+    "entropy": ("objective/entropy", "entropy"),
+    "response length (tokens)": ("response/mean_tokens",),
 }
 
 
 def training_curves(log_history: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
     """For each of CURVES logged: (steps, values)."""
     curves = {}
-    for key, label in CURVES.items():
-        if points := logged_points(log_history, key):
-            curves[label] = ([p[0] for p in points], [p[1] for p in points])
+    for label, keys in CURVES.items():
+        for key in keys:
+            if points := logged_points(log_history, key):
+                curves[label] = ([p[0] for p in points], [p[1] for p in points])
+                break
     return curves
 
 

@@ -129,9 +129,14 @@ def splits_for(script_args: RLAIFArguments, tokenizer: PreTrainedTokenizerBase, 
     )
 
 
+def reward_retry(args: RLAIFArguments) -> RetryPolicy:
+    return RetryPolicy(max_attempts=args.reward_max_attempts, max_total_s=args.reward_max_wait_s)
+
+
 def reward_client(args: RLAIFArguments) -> RewardClient:
-    retry = RetryPolicy(max_attempts=args.reward_max_attempts, max_total_s=args.reward_max_wait_s)
-    return RewardClient(args.reward_url, api_key=args.api_key(), timeout_s=args.reward_timeout_s, retry=retry)
+    return RewardClient(
+        args.reward_url, api_key=args.api_key(), timeout_s=args.reward_timeout_s, retry=reward_retry(args)
+    )
 
 
 # Checkpoints -----------------------------------------------------------------------------------
@@ -234,6 +239,9 @@ class RemoteRewardPPOTrainer(PPOTrainer):
         with self._unwrapped_model():
             super().save_model(output_dir, _internal_call)
 
+    def close_reward_clients(self) -> None:
+        self.reward_model.client.close()
+
     def save_checkpoint_now(self) -> Path:
         """Save what TRL saves (policy, optimizer, scheduler, state) plus the value model."""
         self._save_checkpoint(self.model, trial=None)
@@ -323,16 +331,21 @@ def build_trainer(
     return trainer, point, splits
 
 
-def run_training(trainer: RemoteRewardPPOTrainer) -> TrainingResult:
-    """`train()`, then the final save. On a reward-service failure: checkpoint (if a step was
-    trained) and raise TrainingInterrupted, saying whether a rerun with --resume can help."""
+def run_training(trainer: Any, resume_from: Path | None = None) -> TrainingResult:
+    """`train()` (PPO, GRPO or RLOO trainer of this project), then the final save. On a
+    reward-service failure: checkpoint (if a step was trained) and raise TrainingInterrupted,
+    saying whether a rerun with --resume can help. `resume_from`: a checkpoint for trainers that
+    resume natively (GRPO, RLOO; PPO is resumed in build_trainer)."""
     output_dir = Path(trainer.args.output_dir)
     try:
-        trainer.train()
+        if resume_from is None:
+            trainer.train()
+        else:
+            trainer.train(resume_from_checkpoint=str(resume_from))
     except RewardClientError as exc:
         raise _interrupted(trainer, exc) from exc
     finally:
-        trainer.reward_model.client.close()
+        trainer.close_reward_clients()
     trainer.save_model(str(output_dir))
     _write_log(trainer)
     if trainer.args.should_save:
@@ -340,7 +353,7 @@ def run_training(trainer: RemoteRewardPPOTrainer) -> TrainingResult:
     return TrainingResult(output_dir, trainer.state.global_step, trainer.state.log_history)
 
 
-def _interrupted(trainer: RemoteRewardPPOTrainer, exc: RewardClientError) -> TrainingInterrupted:
+def _interrupted(trainer: Any, exc: RewardClientError) -> TrainingInterrupted:
     step = trainer.state.global_step
     checkpoint = None
     if step > 0:
@@ -367,7 +380,7 @@ def _interrupted(trainer: RemoteRewardPPOTrainer, exc: RewardClientError) -> Tra
     )
 
 
-def _write_log(trainer: RemoteRewardPPOTrainer) -> None:
+def _write_log(trainer: Any) -> None:
     """train_log.json, written by the process that saves (the main one)."""
     if not trainer.args.should_save:
         return
