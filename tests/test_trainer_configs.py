@@ -79,3 +79,32 @@ def test_help_starts_with_a_usage_that_names_the_flags_that_matter() -> None:
     for flag in trainer_config.UNUSED_FLAGS:
         assert flag not in text, flag
     assert parse_args(["--model_name_or_path", "m", "--dataset_test_split", "x"])[0].dataset_test_split == "x"
+
+
+@pytest.mark.parametrize(("name", "algorithm"), [("qwen25_05b_grpo", "grpo"), ("qwen25_05b_rloo", "rloo")])
+def test_group_configs_pick_their_trainer_and_take_its_flags(name: str, algorithm: str) -> None:
+    from trl import GRPOConfig, RLOOConfig
+
+    script, config, _ = parse_args(["--config", name, *CPU, "--num_generations", "8"])
+    assert script.algorithm == algorithm
+    assert isinstance(config, {"grpo": GRPOConfig, "rloo": RLOOConfig}[algorithm])
+    assert config.num_generations == 8 and config.bf16 is False and config.beta > 0
+    # Flags of another algorithm are refused, not silently ignored.
+    with pytest.raises(SystemExit):
+        parse_args(["--config", name, *CPU, "--kl_coef", "0.1"])
+    # --algorithm on the command line wins over the file, whose GRPO/RLOO keys PPO then refuses.
+    with pytest.raises(SystemExit, match="this run: ppo"):
+        parse_args(["--config", name, *CPU, "--algorithm", "ppo"])
+
+
+def test_several_scorers_need_matching_weights_and_a_group_algorithm() -> None:
+    base = ["--model_name_or_path", "m", *CPU, "--reward_scorer", "roberta-hate,claude-bedrock"]
+    with pytest.raises(SystemExit, match="PPO takes one scorer"):
+        parse_args(base)
+    with pytest.raises(SystemExit, match="1 weight"):
+        parse_args([*base, "--algorithm", "grpo", "--reward_weights", "1.0"])
+    script, config, _ = parse_args([*base, "--algorithm", "rloo", "--reward_weights", "1.0", "0.5"])
+    assert script.reward_scorers() == ["roberta-hate", "claude-bedrock"]
+    assert config.reward_weights == [1.0, 0.5]
+    with pytest.raises(SystemExit, match="choose one of ppo, grpo, rloo"):
+        parse_args(["--model_name_or_path", "m", "--algorithm", "dpo"])

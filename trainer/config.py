@@ -282,7 +282,13 @@ def parse_args(
     """Parse flags and an optional `--config x.yaml` (flags win over the file)."""
     args = with_shipped_config(sys.argv[1:] if argv is None else argv)
     algorithm = requested_algorithm(args)
-    script_args, training_config, model_config = parser(algorithm).parse_args_and_config(args=args)
+    try:
+        script_args, training_config, model_config = parser(algorithm).parse_args_and_config(args=args)
+    except ValueError as exc:  # HfArgumentParser: flags or YAML keys no dataclass takes
+        raise SystemExit(
+            f"{str(exc).rstrip('.')}. Each --algorithm takes its own TRL flags (this run: {algorithm}); see "
+            f"rlaif-train --algorithm {algorithm} --help"
+        ) from exc
     script_args.algorithm = algorithm  # type: ignore[assignment]
     if not model_config.model_name_or_path:
         raise SystemExit("--model_name_or_path is required (a hub id or a local directory)")
