@@ -1,3 +1,8 @@
 """RLAIF reward service: batched /score endpoints for reward models."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("rlaif-reward")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "unknown"

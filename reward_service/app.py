@@ -10,12 +10,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp
 
 from reward_service import __version__
 from reward_service.allocator import pin_mmap_threshold
 from reward_service.errors import ServiceError
 from reward_service.metrics import ServiceMetrics
 from reward_service.protocols import protocol_router
+from reward_service.request_context import RequestContext
 from reward_service.routes import router
 from reward_service.scorers import ScorerRegistry, build_registry
 from reward_service.scoring import ClientGone
@@ -69,6 +71,13 @@ async def _report_if_default_cannot_load(
         on_fatal(reason)
 
 
+class RewardServiceApp(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Around Starlette's outermost layer (the one that answers an unexpected error with 500), so
+        # that every answer, that 500 included, carries the request id and timing headers.
+        return RequestContext(super().build_middleware_stack())
+
+
 def create_app(
     settings: ServiceSettings | None = None, on_fatal: Callable[[str], None] | None = None
 ) -> FastAPI:
@@ -95,7 +104,7 @@ def create_app(
                     task.cancel()
             await registry.close()
 
-    app = FastAPI(
+    app = RewardServiceApp(
         title="RLAIF reward service",
         version=__version__,
         description="Batched reward scoring for RL from AI feedback: a RoBERTa toxicity classifier "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import logging.config
 import os
 import shutil
 import signal
@@ -17,10 +18,14 @@ import sys
 import tempfile
 
 import uvicorn
+from pydantic import ValidationError
+from pydantic_settings import CliSettingsSource
 
+from reward_service import __version__
 from reward_service.app import create_app, default_scorer_error
 from reward_service.connections import PROTOCOL_PATH, raise_open_file_limit
 from reward_service.engine.supervisor import EngineSupervisor
+from reward_service.logs import log_config
 from reward_service.metrics import MULTIPROCESS_ENV, ServiceMetrics
 from reward_service.scorers import build_registry
 from reward_service.scorers.roberta import engine_configs
@@ -30,25 +35,61 @@ CLASSIFIER_SCORER = "roberta-hate"
 log = logging.getLogger("reward_service")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_settings(argv: list[str] | None = None) -> ServiceSettings:
+    """Settings from flags, else REWARD_* variables, else `.env`, else defaults.
+
+    Every setting is a flag generated from its field (`--max-batch-tokens` for
+    REWARD_MAX_BATCH_TOKENS); `--help` lists them with defaults and variables. `--help`,
+    `--version` and bad flags exit here; invalid values exit with status 2 and pydantic's reasons.
+    """
     parser = argparse.ArgumentParser(
         prog="reward-service",
-        description="Serve reward models over HTTP. Everything else is configured with REWARD_* "
-        "environment variables (see README).",
+        description="Serve reward models over HTTP. Every setting is a flag or a REWARD_* environment "
+        "variable (also read from .env); a flag wins over the variable.",
     )
-    parser.add_argument("--host", help="interface to bind (default: REWARD_HOST or 0.0.0.0)")
-    parser.add_argument("--port", type=int, help="port to bind (default: REWARD_PORT or 8000)")
-    parser.add_argument("--workers", type=int, help="front-end processes (default: REWARD_WORKERS or 1)")
-    args = parser.parse_args(argv)
-    overrides = {
-        k: v
-        for k, v in {"host": args.host, "port": args.port, "workers": args.workers}.items()
-        if v is not None
-    }
-    settings = ServiceSettings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--json-logs",
+        dest="log_format",
+        action="store_const",
+        const="json",
+        help="Same as --log-format json.",
     )
+    flags = CliSettingsSource(
+        ServiceSettings,
+        root_parser=parser,
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_show_env_vars=True,
+        cli_hide_none_type=True,
+        # The classifier's model under the names other servers use for it (TEI: --model-id).
+        cli_shortcuts={"roberta-model": ["model", "model-id"]},
+    )
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        return ServiceSettings(_cli_settings_source=flags(args=args))
+    except ValidationError as exc:
+        parser.exit(2, f"{parser.prog}: invalid settings (flags, REWARD_* variables or .env): {exc}\n")
+
+
+def export_to_children(settings: ServiceSettings) -> None:
+    """Put every explicitly set value in this process's environment as its REWARD_* variable.
+
+    `--workers N` processes and the connection limits read their settings from the environment
+    (uvicorn imports the app by name), so values given as flags must be there too.
+    """
+    for name, value in settings.to_env().items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_settings(argv)
+    export_to_children(settings)
+    logging_config = log_config(settings.log_level, settings.log_format)
+    logging.config.dictConfig(logging_config)
     fatal: list[str] = []
 
     def stop_for_good(reason: str) -> None:
@@ -68,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
+        # uvicorn applies it in every worker process, so its own lines share the app's format.
+        "log_config": logging_config,
         "timeout_graceful_shutdown": settings.graceful_shutdown_s,
     }
     if settings.workers == 1:
@@ -81,7 +124,11 @@ def _run_workers(settings: ServiceSettings, options: dict[str, object]) -> None:
     supervisor = None
     if CLASSIFIER_SCORER in settings.scorers:
         supervisor = EngineSupervisor(
-            CLASSIFIER_SCORER, engine_configs(CLASSIFIER_SCORER, settings), metrics_dir, settings.log_level
+            CLASSIFIER_SCORER,
+            engine_configs(CLASSIFIER_SCORER, settings),
+            metrics_dir,
+            settings.log_level,
+            settings.log_format,
         )
         supervisor.start()
         settings = settings.model_copy(update={"engine_addresses": supervisor.addresses})

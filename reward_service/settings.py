@@ -1,4 +1,5 @@
-"""Service configuration: one pydantic-settings class read from `REWARD_*` environment variables."""
+"""Service configuration: one pydantic-settings class read from `REWARD_*` environment variables,
+a `.env` file, and (in `reward-service`) command-line flags generated from the same fields."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, CliSuppress, NoDecode, SettingsConfigDict
 
 DEFAULT_ROBERTA_MODEL = "facebook/roberta-hate-speech-dynabench-r4-target"
 # A current Claude inference profile; the article's anthropic.claude-3-sonnet-20240229-v1:0 is retired.
@@ -35,7 +36,7 @@ class ServiceSettings(BaseSettings):
         ge=1,
         description="Front-end processes (HTTP, validation, tokenization) feeding the engines.",
     )
-    engine_addresses: Annotated[list[str], NoDecode] = Field(
+    engine_addresses: Annotated[CliSuppress[list[str]], NoDecode] = Field(
         default=[],
         description="Internal: sockets of engines started by `reward-service --workers N`; unset = "
         "the front end starts its own engines.",
@@ -46,8 +47,8 @@ class ServiceSettings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, description="When set, every route but /healthz and /readyz needs 'Bearer <key>'."
     )
-    max_items_per_request: int = Field(default=1024, ge=1)
-    max_text_chars: int = Field(default=20_000, ge=1)
+    max_items_per_request: int = Field(default=1024, ge=1, description="More items in one request get 413.")
+    max_text_chars: int = Field(default=20_000, ge=1, description="A longer text gets 422.")
     max_body_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="Request bodies larger than this get 413."
     )
@@ -130,7 +131,9 @@ class ServiceSettings(BaseSettings):
     bedrock_max_tokens: int = Field(default=128, ge=1, le=4096, description="maxTokens of one judge reply.")
     bedrock_scale: float = Field(default=1.0, description="Score = judge's number x scale + offset.")
     bedrock_offset: float = Field(default=0.0, description="Score = judge's number x scale + offset.")
-    bedrock_connect_timeout_s: float = Field(default=5.0, gt=0)
+    bedrock_connect_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest wait to connect to Bedrock."
+    )
     bedrock_read_timeout_s: float = Field(default=30.0, gt=0, description="Longest wait for one reply.")
     bedrock_max_attempts: int = Field(
         default=3, ge=1, description="Attempts per call inside botocore (adaptive retry mode)."
@@ -149,9 +152,14 @@ class ServiceSettings(BaseSettings):
         description="Weighted sums of scorers: 'name=scorer:weight,scorer:weight;name2=...'. Members must be "
         "listed in REWARD_SCORERS; an ensemble may be listed there too (e.g. first, as the default).",
     )
-    host: str = "0.0.0.0"
-    port: int = Field(default=8000, ge=1, le=65535)
-    log_level: str = "info"
+    host: str = Field(default="0.0.0.0", description="Interface to bind.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port to bind.")
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="'json': one JSON object per line (time, level, logger, message, request_id), "
+        "for log shippers.",
+    )
 
     @field_validator("devices", "engine_addresses", mode="before")
     @classmethod
@@ -203,6 +211,15 @@ class ServiceSettings(BaseSettings):
             )
         return self
 
+    def to_env(self) -> dict[str, str | None]:
+        """The REWARD_* variables that reproduce every explicitly set value (None: unset the variable).
+
+        For the processes `reward-service` starts (front-end workers, engines), which read their
+        settings from the environment: a value given as a flag must reach them too.
+        """
+        prefix = self.model_config["env_prefix"]
+        return {f"{prefix}{name}".upper(): _env_value(getattr(self, name)) for name in self.model_fields_set}
+
     @property
     def engine_devices(self) -> list[str]:
         return self.devices or [self.device]
@@ -210,6 +227,24 @@ class ServiceSettings(BaseSettings):
     @property
     def default_scorer(self) -> str:
         return self.scorers[0]
+
+
+def _env_value(value: object) -> str | None:
+    """`value` as the field's environment variable spells it (the inverse of the validators above)."""
+    if value is None:
+        return None
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(value)
+    if isinstance(value, dict):
+        return ";".join(
+            f"{name}=" + ",".join(f"{member}:{weight!r}" for member, weight in members.items())
+            for name, members in value.items()
+        )
+    return str(value)
 
 
 def parse_ensembles(spec: str) -> dict[str, dict[str, float]]:

@@ -66,6 +66,8 @@ def test_wheel_ships_the_trainer_configs_but_not_the_demos(wheel: zipfile.ZipFil
     assert configs == {
         "trainer/configs/qwen25_05b.yaml",
         "trainer/configs/llama31_8b_lora_reference.yaml",
+        "trainer/configs/qwen25_05b_grpo.yaml",
+        "trainer/configs/qwen25_05b_rloo.yaml",
         "trainer/configs/accelerate/ddp.yaml",
         "trainer/configs/accelerate/deepspeed_zero3.yaml",
     }

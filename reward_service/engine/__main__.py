@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -10,10 +9,10 @@ import msgspec
 
 from reward_service.engine.core import run_engine
 from reward_service.engine.protocol import EngineConfig
+from reward_service.logs import configure_logging
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        level=os.environ.get("REWARD_LOG_LEVEL", "info").upper(),
-        format="%(asctime)s %(levelname)s %(name)s[engine]: %(message)s",
-    )
+    # The supervisor passes the service's log settings, so engine lines look like the front end's.
+    log_format = "json" if os.environ.get("REWARD_LOG_FORMAT") == "json" else "text"
+    configure_logging(os.environ.get("REWARD_LOG_LEVEL", "info"), log_format)
     run_engine(msgspec.json.decode(sys.argv[1], type=EngineConfig))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
+from dataclasses import dataclass
 
 import zmq
 import zmq.asyncio
@@ -22,6 +24,17 @@ from reward_service.errors import NotReady, Overloaded, ScoringFailed, ServiceEr
 log = logging.getLogger(__name__)
 
 STATUS_POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class EngineScores:
+    """One row of logits per sequence, and where the request's time in the engine went (seconds)."""
+
+    logits: list[list[float]]
+    # From sending the items until their first batch started (the socket, the engine's queue).
+    queue_s: float
+    # From then until their last batch finished.
+    inference_s: float
 
 
 class EngineUnavailable(Overloaded):
@@ -80,11 +93,13 @@ class EngineClient:
         if self._monitor is not None:
             self._monitor.close()
 
-    async def score(self, token_ids: bytes, lengths: list[int]) -> list[list[float]]:
+    async def score(self, token_ids: bytes, lengths: list[int]) -> EngineScores:
         """One row of logits per sequence; raises a ServiceError (503 when a retry can help)."""
+        sent = time.perf_counter()
         answer = await self._call(protocol.ScoreItems(next(self._ids), token_ids, lengths), len(lengths))
         if isinstance(answer, protocol.ScoredItems):
-            return protocol.unpack_logits(answer)
+            queue_s = max(0.0, time.perf_counter() - sent - answer.inference_s)
+            return EngineScores(protocol.unpack_logits(answer), queue_s, answer.inference_s)
         raise self._error(answer)
 
     async def _call(

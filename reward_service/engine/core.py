@@ -220,6 +220,9 @@ class EngineCore:
             assert self._runner is not None
             started = time.monotonic()
             self.metrics.queue_wait.observe(started - min(item.request.arrived for item in batch))
+            for item in batch:
+                if item.request.first_batch_started is None:
+                    item.request.first_batch_started = started
             self.metrics.batch_size.observe(len(batch))
             self.metrics.batch_tokens.observe(max(item.length for item in batch) * len(batch))
             try:
@@ -250,7 +253,10 @@ class EngineCore:
             request.unfinished -= 1
             if request.unfinished == 0:
                 self._requests.pop(request.key, None)
-                scored = protocol.ScoredItems(request.request_id, request.logits.tobytes(), logits.shape[1])
+                inference_s = time.monotonic() - (request.first_batch_started or in_flight.started)
+                scored = protocol.ScoredItems(
+                    request.request_id, request.logits.tobytes(), logits.shape[1], inference_s
+                )
                 self._send(request.client, scored)
 
     def _fail(self, batch: list[BatchItem], exc: Exception) -> None:

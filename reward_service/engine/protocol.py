@@ -39,11 +39,17 @@ class StatusQuery(msgspec.Struct, tag=True, frozen=True):
 
 
 class ScoredItems(msgspec.Struct, tag=True, frozen=True):
-    """One row of `num_labels` logits per item, in the order the items were sent."""
+    """One row of `num_labels` logits per item, in the order the items were sent.
+
+    `inference_s`: from the start of the first batch holding one of its items to the end of the
+    last (seconds). The rest of the front end's wait is queueing: the engine cannot timestamp a
+    message that waits in its socket while the model runs.
+    """
 
     request_id: int
     logits: bytes
     num_labels: int
+    inference_s: float = 0.0
 
 
 FailureKind = Literal["overloaded", "not_ready", "shutting_down", "model_error"]

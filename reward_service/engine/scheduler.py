@@ -30,6 +30,7 @@ class QueuedRequest:
     token_ids: np.ndarray
     lengths: list[int]
     arrived: float = field(default_factory=time.monotonic)
+    first_batch_started: float | None = None
     offsets: list[int] = field(init=False)
     waiting: deque[int] = field(init=False)
     logits: np.ndarray | None = None

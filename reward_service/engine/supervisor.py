@@ -50,6 +50,7 @@ class EngineSupervisor:
     configs: list[EngineConfig]
     metrics_dir: str
     log_level: str = "info"
+    log_format: str = "text"
     runtime_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="reward-engines-"))
     _engines: list[_Engine] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -105,6 +106,7 @@ class EngineSupervisor:
             **os.environ,
             "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
             "REWARD_LOG_LEVEL": self.log_level,
+            "REWARD_LOG_FORMAT": self.log_format,
             # The engine imports this package the way this process does (source tree or install).
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         }

@@ -11,6 +11,7 @@ an invented number must never reach a trainer.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import time
@@ -208,9 +209,19 @@ class BedrockJudge(Scorer):
             self._metrics.cache_hits.labels(self.name).inc(len(answers))
         todo = [text for text in keys if text not in answers]
         loop = asyncio.get_running_loop()
+        # run_in_executor does not carry context variables into the thread; the request id must
+        # reach the log lines of the calls made for this request.
         results = await asyncio.gather(
             *(
-                loop.run_in_executor(pool, self._judge, text, template, keys[text], options.deadline)
+                loop.run_in_executor(
+                    pool,
+                    contextvars.copy_context().run,
+                    self._judge,
+                    text,
+                    template,
+                    keys[text],
+                    options.deadline,
+                )
                 for text in todo
             ),
             return_exceptions=True,

@@ -12,6 +12,7 @@ import logging
 import math
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +27,7 @@ from reward_service.engine.supervisor import EngineSupervisor
 from reward_service.errors import InputTooLong, NotReady
 from reward_service.metrics import ServiceMetrics
 from reward_service.model_source import check_model_source
+from reward_service.request_context import record_engine_call
 from reward_service.scorers.base import ScoreOptions, ScoreOutput, Scorer
 from reward_service.settings import ServiceSettings
 from shared.schemas import LabelScore, ScorerInfo, TruncationSide
@@ -103,6 +105,7 @@ class RobertaScorer(Scorer):
                 engine_configs(self.name, self._settings),
                 self._metrics_dir,
                 self._settings.log_level,
+                self._settings.log_format,
             )
             self._supervisor.start()
             self._metrics.add_engine_metrics(self._metrics_dir)
@@ -222,6 +225,7 @@ class RobertaScorer(Scorer):
 
     async def score(self, texts: list[str], options: ScoreOptions) -> ScoreOutput:
         engine = self._pick_engine()
+        started = time.perf_counter()
         tokenized = await anyio.to_thread.run_sync(self.tokenize, texts, options.truncation_side)
         if not options.truncate and tokenized.first_truncated is not None:
             raise InputTooLong(
@@ -229,7 +233,10 @@ class RobertaScorer(Scorer):
                 f"tokens ({tokenized.truncated} input(s) are); shorten it or allow truncation"
             )
         token_ids, lengths = pack_token_ids(tokenized.ids)
-        logits = await engine.score(token_ids, lengths)
+        tokenization_s = time.perf_counter() - started
+        result = await engine.score(token_ids, lengths)
+        record_engine_call(tokenization_s, result.queue_s, result.inference_s)
+        logits = result.logits
         self._metrics.truncated.labels(self.name).inc(tokenized.truncated)
         scores = [row[self._reward_index] for row in logits]
         labels = self._label_scores(logits) if options.return_labels else None
