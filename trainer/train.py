@@ -28,6 +28,8 @@ from transformers import (
     TrainerControl,
     TrainerState,
     TrainingArguments,
+    enable_full_determinism,
+    set_seed,
 )
 from trl import ModelConfig, get_peft_config
 from trl.experimental.ppo import PPOConfig, PPOTrainer
@@ -69,6 +71,15 @@ def load_tokenizer(name_or_path: str, model_config: ModelConfig) -> PreTrainedTo
         # TRL's PPO marks "no token here" with pad; eos must stay distinguishable, so add a pad token.
         tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
     return tokenizer
+
+
+def seed_before_loading(args: PPOConfig) -> None:
+    """Seed as transformers' Trainer.__init__ does (TRL's PPOTrainer skips it): the value model's
+    score head is new, drawn from the global RNG, so unseeded it differed on every run."""
+    if args.full_determinism:  # also deterministic kernels (slower; mostly matters on GPUs)
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
 
 
 def _model_kwargs(model_config: ModelConfig) -> dict[str, Any]:
@@ -263,6 +274,7 @@ def build_trainer(
 ) -> tuple[RemoteRewardPPOTrainer, ResumePoint | None, Any]:
     """Everything up to `train()`: models, data, reward bridge, and the resume state if asked."""
     reward_bridge.install()
+    seed_before_loading(ppo_config)
     base = model_config.model_name_or_path
     assert base, "model_name_or_path is required"
     point = find_resume_point(ppo_config.output_dir) if script_args.resume else None
