@@ -27,7 +27,7 @@ STEP_FIELDS: dict[str, tuple[str, ...]] = {
 HARMLESS_WARNINGS = (
     r"`gradient_checkpointing` is deprecated",  # TRL's configs still use the old field name
     r"`is_gradient_checkpointing` is deprecated",
-    r"`gradient_checkpointing_enable` is deprecated",  # GRPO/RLOO enable it under the old name
+    r"`gradient_checkpointing_(enable|disable)` is deprecated",  # GRPO/RLOO, under the old names
 )
 HARMLESS_LOG_MESSAGES = (
     "Passing `generation_config` together with generation-related",  # TRL's own generate call
