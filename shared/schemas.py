@@ -105,8 +105,8 @@ class ScorerInfo(BaseModel):
 
 
 class Limits(BaseModel):
-    max_items_per_request: int
-    max_text_chars: int
+    max_items_per_request: int = Field(ge=1)
+    max_text_chars: int = Field(ge=1)
 
 
 class ScorersResponse(BaseModel):
