@@ -5,6 +5,7 @@ texts of `--chars` characters each, `--concurrency` at a time, while sampling th
 service's processes (front end and engines) every 20 ms; then waits `--settle-s` and samples again.
 
     python -m bench.bench_memory          # 20 requests of 1,024 x 10,000 characters, 4 at a time
+    python -m bench.bench_memory --route get_reward --items 2048   # whole OpenRLHF rollouts
 """
 
 from __future__ import annotations
@@ -57,10 +58,20 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--settle-s", type=float, default=10.0)
+    parser.add_argument(
+        "--route",
+        choices=["score", "get_reward"],
+        default="score",
+        help="/score {texts}, or OpenRLHF's /get_reward {query, prompts, labels} (scored in windows)",
+    )
     args = parser.parse_args()
 
     model = build_classifier("tiny")
-    bodies = [{"texts": long_texts(args.items, args.chars, seed)} for seed in range(args.concurrency)]
+    texts = [long_texts(args.items, args.chars, seed) for seed in range(args.concurrency)]
+    if args.route == "score":
+        bodies: list[dict[str, object]] = [{"texts": t} for t in texts]
+    else:
+        bodies = [{"query": t, "prompts": [q[:200] for q in t], "labels": list(range(len(t)))} for t in texts]
     peak = 0.0
     sampling = True
 
@@ -81,9 +92,10 @@ def main() -> None:
         truncated: list[int] = []
 
         def send(i: int) -> None:
-            answer = httpx.post(url + "/score", json=bodies[i % len(bodies)], timeout=600)
+            answer = httpx.post(url + "/" + args.route, json=bodies[i % len(bodies)], timeout=600)
             answer.raise_for_status()
-            truncated.append(answer.json()["truncated"])
+            # /get_reward does not report truncation: count the rewards instead.
+            truncated.append(answer.json().get("truncated", len(answer.json().get("rewards", []))))
 
         started = time.perf_counter()
         with ThreadPoolExecutor(args.concurrency) as pool:
@@ -95,10 +107,11 @@ def main() -> None:
         final_parts = rss_by_process_mb(service.pid)
         final = sum(final_parts.values())
     print(
-        f"{args.requests} requests of {args.items} x {args.chars} characters, {args.concurrency} at a time, "
+        f"{args.requests} /{args.route} requests of {args.items} x {args.chars} characters, "
+        f"{args.concurrency} at a time, "
         f"in {elapsed:.1f}s"
     )
-    print(f"truncated per request: {sorted(set(truncated))}")
+    print(f"{'truncated' if args.route == 'score' else 'rewards'} per request: {sorted(set(truncated))}")
     print(f"RSS of the service's processes: start {start:.0f} MB, peak {peak:.0f} MB (+{peak - start:.0f}),")
     print(f"  {args.settle_s:.0f}s after the last answer {final:.0f} MB (+{final - start:.0f})")
     for part in start_parts:

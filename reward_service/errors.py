@@ -12,6 +12,26 @@ class ServiceError(Exception):
         super().__init__(detail)
 
 
+class Unauthorized(ServiceError):
+    """No API key, a wrong one, or more than one `Authorization` header."""
+
+    status_code = 401
+
+
+class BodyTooLarge(ServiceError):
+    status_code = 413
+
+
+class ShuttingDown(ServiceError):
+    """Still running when the shutdown grace period ended: retry on another replica."""
+
+    status_code = 503
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class UnknownScorer(ServiceError):
     status_code = 404
 

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import re
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from reward_service.errors import InvalidInput
 from reward_service.scoring import metrics_of, registry_of, score_texts, settings_of
 from reward_service.security import has_api_key
-from reward_service.validation import check_count, check_limits, check_texts
+from reward_service.validation import check_limits
 from shared.schemas import (
     ErrorBody,
     Limits,
-    OpenRLHFRequest,
-    OpenRLHFResponse,
     ScoreRequest,
     ScoreResponse,
     ScorersResponse,
@@ -72,25 +67,6 @@ async def score_named(request: Request, scorer: str, body: ScoreRequest) -> Scor
     return await _score(request, "/score/{scorer}", scorer, body)
 
 
-@router.post("/get_reward", response_model=OpenRLHFResponse, responses=_ERRORS, tags=["scoring"])
-async def get_reward(request: Request, body: OpenRLHFRequest) -> OpenRLHFResponse:
-    """OpenRLHF-compatible remote reward (`--remote_rm_url http://host:port/get_reward`).
-
-    `query` holds prompt + response decoded with special tokens; those are stripped before scoring
-    with the default scorer.
-    """
-    settings = settings_of(request)
-    if not body.query:
-        raise InvalidInput("'query' must not be empty")
-    # Limits apply to what the client sent, before the special tokens are stripped.
-    check_count(len(body.query), settings)
-    check_texts("query", body.query, settings)
-    pattern = re.compile(settings.openrlhf_strip_pattern)
-    texts = [pattern.sub("", query).strip() for query in body.query]
-    result = await _score(request, "/get_reward", None, ScoreRequest(texts=texts))
-    return OpenRLHFResponse(rewards=result.scores, scores=result.scores, extra_logs={})
-
-
 @router.get("/scorers", response_model=ScorersResponse, tags=["info"])
 async def list_scorers(request: Request) -> ScorersResponse:
     """The configured scorers, whether each is ready, and the request limits."""
@@ -133,7 +109,7 @@ async def readyz(request: Request) -> JSONResponse:
     infos = registry.infos()
     blocked = any(info.state == "loading" for info in infos) or not registry.get(None).ready
     body: dict[str, object] = {"status": "not ready" if blocked else "ready"}
-    if has_api_key(request.headers.get("authorization"), settings_of(request)):
+    if has_api_key(request.headers.raw, settings_of(request)):
         body["scorers"] = {info.name: info.error if info.error else info.state for info in infos}
     if blocked:
         headers = {"Retry-After": str(settings_of(request).retry_after_s)}

@@ -1,24 +1,31 @@
-"""ASGI middleware: bearer-token auth and a request body size limit."""
+"""ASGI middleware: bearer-token auth, a request body size limit, and 503 for requests cut short by
+shutdown; each answers in the error shape of the protocol whose route was asked for."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import json
+from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reward_service.errors import BodyTooLarge, ServiceError, ShuttingDown, Unauthorized
+from reward_service.protocols import error_body_for
 from reward_service.settings import ServiceSettings
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
-async def _send_json(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def _send_error(
+    send: Send, scope: Scope, error: ServiceError, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """`error` as JSON, in the shape of the protocol whose route was asked for."""
+    body = json.dumps(error_body_for(scope.get("path", ""), error)).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": error.status_code,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
@@ -29,18 +36,24 @@ async def _send_json(send: Send, status: int, detail: str, headers: list[tuple[b
     await send({"type": "http.response.body", "body": body})
 
 
-def bearer_key_matches(authorization: bytes, api_key: str) -> bool:
-    """`authorization` is `Bearer <api_key>`. Constant-time comparison, so the key cannot be
-    guessed byte by byte from response times."""
-    return hmac.compare_digest(authorization, f"Bearer {api_key}".encode())
+def bearer_key_matches(headers: Sequence[tuple[bytes, bytes]], api_key: str) -> bool:
+    """Exactly one `Authorization` header, `Bearer <api_key>` (the scheme in any case, RFC 9110
+    11.1). Two headers never match, whichever holds the key: a proxy and the client disagree on who
+    is asking. Constant-time comparison, so the key cannot be guessed byte by byte from response times."""
+    given = [value for name, value in headers if name.lower() == b"authorization"]
+    if len(given) != 1:
+        return False
+    scheme, _, token = given[0].strip().partition(b" ")
+    # Compare even when the scheme is wrong, so that timing does not tell which part was.
+    matches = hmac.compare_digest(token.strip(), api_key.encode())
+    return matches and scheme.lower() == b"bearer"
 
 
-def has_api_key(authorization: str | None, settings: ServiceSettings) -> bool:
-    """True when no key is configured, or `authorization` carries it."""
+def has_api_key(headers: Sequence[tuple[bytes, bytes]], settings: ServiceSettings) -> bool:
+    """True when no key is configured, or `headers` (raw ASGI headers) carry it."""
     if settings.api_key is None:
         return True
-    # Starlette decodes header values as latin-1; this gives back the bytes the client sent.
-    return bearer_key_matches((authorization or "").encode("latin-1"), settings.api_key.get_secret_value())
+    return bearer_key_matches(headers, settings.api_key.get_secret_value())
 
 
 class ShutdownGuard:
@@ -49,7 +62,7 @@ class ShutdownGuard:
 
     def __init__(self, app: ASGIApp, retry_after_s: int) -> None:
         self.app = app
-        self._retry_after = str(retry_after_s).encode()
+        self._retry_after = retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
@@ -66,12 +79,8 @@ class ShutdownGuard:
             if scope["type"] != "http" or started or task is None:
                 raise
             task.uncancel()
-            await _send_json(
-                send,
-                503,
-                "the server is shutting down; retry (on another replica)",
-                [(b"retry-after", self._retry_after)],
-            )
+            error = ShuttingDown("the server is shutting down; retry (on another replica)", self._retry_after)
+            await _send_error(send, scope, error, [(b"retry-after", str(self._retry_after).encode())])
 
 
 class BearerAuth:
@@ -85,19 +94,14 @@ class BearerAuth:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        if not bearer_key_matches(given, self._api_key):
-            await _send_json(
-                send,
-                401,
-                "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                [(b"www-authenticate", b"Bearer")],
-            )
+        if not bearer_key_matches(scope["headers"], self._api_key):
+            error = Unauthorized("missing or wrong API key: send one 'Authorization: Bearer <key>' header")
+            await _send_error(send, scope, error, [(b"www-authenticate", b"Bearer")])
             return
         await self.app(scope, receive, send)
 
 
-class _BodyTooLarge(Exception):
+class _BodyOverLimit(Exception):
     pass
 
 
@@ -112,10 +116,10 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        detail = f"request body is larger than {self.max_bytes} bytes"
+        error = BodyTooLarge(f"request body is larger than {self.max_bytes} bytes")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_json(send, 413, detail, [])
+            await _send_error(send, scope, error, [])
             return
         received = 0
         too_large = False
@@ -127,7 +131,7 @@ class BodySizeLimit:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     too_large = True
-                    raise _BodyTooLarge
+                    raise _BodyOverLimit
             return message
 
         async def guarded_send(message: Message) -> None:
@@ -138,7 +142,7 @@ class BodySizeLimit:
 
         try:
             await self.app(scope, counting_receive, guarded_send)
-        except _BodyTooLarge:
+        except _BodyOverLimit:
             pass
         if too_large:
-            await _send_json(send, 413, detail, [])
+            await _send_error(send, scope, error, [])

@@ -100,6 +100,12 @@ class ServiceSettings(BaseSettings):
         r"|<(?:start|end)_of_turn>",
         description="Regex of special tokens removed from OpenRLHF's decoded queries before scoring.",
     )
+    openrlhf_max_items: int = Field(
+        default=16_384,
+        ge=1,
+        description="Most items in one /get_reward request (OpenRLHF <= 0.9 sends a whole rollout); "
+        "scored in windows of REWARD_MAX_ITEMS_PER_REQUEST, one after the other.",
+    )
     graceful_shutdown_s: int = Field(
         default=30, ge=0, description="On SIGTERM, how long in-flight requests may take before exit."
     )

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import math
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from shared.bounded_body import ACCEPT_ENCODING, BodyTooLarge, UnreadableBody, aread_bounded, read_bounded
 from shared.errors import (
     RewardRequestError,
     RewardResponseError,
@@ -45,6 +49,15 @@ RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
 # How long the client will wait for this attempt; the service answers 504 before it passes.
 TIMEOUT_HEADER = "X-Reward-Timeout-Ms"
 ModelT = TypeVar("ModelT", ScoreResponse, ScorersResponse)
+# How much of an answer the client reads, decompressed: a proxy's error page, a runaway server or a
+# gzip bomb must not take the trainer's memory. A 200 to a scoring request may hold labels and
+# ensemble members per item, hence the allowance per item; anything longer is refused unread.
+BASE_ANSWER_BYTES = 256 * 1024
+ANSWER_BYTES_PER_ITEM = 16 * 1024
+# Of an error answer only the start is kept, for the message.
+ERROR_BODY_BYTES = 64 * 1024
+# RFC 9110: Retry-After is a delay in whole seconds, or an HTTP date.
+_DELAY_SECONDS = re.compile(r"\s*[0-9]{1,10}\s*")
 
 
 class _RetryableFailure(Exception):
@@ -142,47 +155,116 @@ def parse_base_urls(base_urls: str | Sequence[str]) -> list[str]:
     return urls
 
 
-def _retry_after_seconds(response: httpx.Response) -> float | None:
-    """`Retry-After` in seconds: a number, or an HTTP date."""
-    value = response.headers.get("retry-after")
+def _retry_after_seconds(headers: httpx.Headers) -> float | None:
+    """`Retry-After` in seconds (digits, or an HTTP date); None for anything else ("nan", "-1",
+    "inf", "1e9"), which then gets the usual backoff rather than none."""
+    value = headers.get("retry-after")
     if value is None:
         return None
+    if _DELAY_SECONDS.fullmatch(value):
+        return float(value)
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    return max(0.0, when - time.time()) if math.isfinite(when) else None
 
 
-def _detail(response: httpx.Response) -> object:
+def _detail(content: bytes) -> object:
     try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500]
+        body = json.loads(content)
+    except (ValueError, RecursionError):
+        return content[:500].decode("utf-8", "replace")
     return body.get("detail", body) if isinstance(body, dict) else body
 
 
-def _check(response: httpx.Response, url: str) -> Any:
-    """Return the JSON body of a 2xx answer, or raise the matching client error."""
+def _not_a_number(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ValueError(f"{text[:40]} is not a finite number")
+    return value
+
+
+def _parse_json(content: bytes, url: str) -> Any:
+    """A 200's body as JSON, refusing NaN and Infinity (Python's json would take them)."""
+    try:
+        return json.loads(content, parse_constant=_not_a_number, parse_float=_finite_float)
+    except RecursionError:
+        raise RewardResponseError("the JSON body is nested too deeply", url) from None
+    except ValueError as exc:
+        raise RewardResponseError(
+            f"HTTP 200 body is not valid JSON ({exc}): {content[:200]!r}", url
+        ) from None
+
+
+def _answer(response: httpx.Response, content: bytes, url: str) -> Any:
+    """The JSON body of a 200 answer, or the matching client error for any other status."""
     status = response.status_code
     if status in RETRYABLE_STATUSES:
-        raise _RetryableFailure(url, f"HTTP {status}: {_detail(response)}", _retry_after_seconds(response))
+        retry_after = _retry_after_seconds(response.headers)
+        raise _RetryableFailure(url, f"HTTP {status}: {_detail(content)}", retry_after)
     if status == 424 or status >= 500:
-        raise RewardScoringError(status, _detail(response), url)
-    if response.is_error:
-        raise RewardRequestError(status, _detail(response), url)
+        raise RewardScoringError(status, _detail(content), url)
+    if status >= 400:
+        raise RewardRequestError(status, _detail(content), url)
+    if status != 200:
+        # A redirect (not followed: it could send the texts elsewhere) or a 2xx without scores,
+        # e.g. a proxy's 204 or 299.
+        where = f" to {response.headers['location']!r}" if "location" in response.headers else ""
+        raise RewardResponseError(f"HTTP {status}{where} instead of 200", url)
+    return _parse_json(content, url)
+
+
+def _too_large(limit: int, url: str) -> RewardResponseError:
+    return RewardResponseError(f"the answer is larger than {limit} bytes (decompressed)", url)
+
+
+def _declared_too_large(response: httpx.Response, limit: int) -> bool:
+    declared = response.headers.get("content-length", "")
+    return response.status_code == 200 and declared.isdigit() and int(declared) > limit
+
+
+def _read(response: httpx.Response, limit: int, url: str) -> bytes:
+    """The body, decompressed, up to `limit` bytes: a 200 past it is refused, an error cut."""
     try:
-        return response.json()
-    except ValueError:
-        raise RewardResponseError(f"HTTP {status} body is not JSON: {response.text[:200]!r}", url) from None
+        return read_bounded(
+            response.iter_raw(),
+            response.headers.get("content-encoding", ""),
+            limit,
+            cut=response.status_code != 200,
+        )
+    except BodyTooLarge:
+        raise _too_large(limit, url) from None
+    except UnreadableBody as exc:
+        raise RewardResponseError(str(exc), url) from None
+
+
+async def _aread(response: httpx.Response, limit: int, url: str) -> bytes:
+    try:
+        return await aread_bounded(
+            response.aiter_raw(),
+            response.headers.get("content-encoding", ""),
+            limit,
+            cut=response.status_code != 200,
+        )
+    except BodyTooLarge:
+        raise _too_large(limit, url) from None
+    except UnreadableBody as exc:
+        raise RewardResponseError(str(exc), url) from None
+
+
+def _answer_limit(status: int, items: int) -> int:
+    return BASE_ANSWER_BYTES + ANSWER_BYTES_PER_ITEM * items if status == 200 else ERROR_BODY_BYTES
 
 
 def _validated(model: type[ModelT], body: Any, url: str) -> ModelT:
     try:
-        return model.model_validate(body)
+        # strict: `true` and "2.5" are not scores.
+        return model.model_validate(body, strict=True)
     except ValidationError as exc:
         raise RewardResponseError(f"not a {model.__name__}: {exc}", url) from None
 
@@ -206,21 +288,31 @@ def _chunk_payloads(request: ScoreRequest, chunk_size: int) -> list[dict[str, An
     return payloads
 
 
-def _merge(parts: list[ScoreResponse]) -> ScoreResponse:
-    first = parts[0]
+def _merge(parts: list[tuple[ScoreResponse, str]]) -> ScoreResponse:
+    first, _ = parts[0]
     if len(parts) == 1:
         return first
     labels = None
-    if all(p.labels is not None for p in parts):
-        labels = [item for p in parts for item in p.labels or []]
+    if all(p.labels is not None for p, _ in parts):
+        labels = [item for p, _ in parts for item in p.labels or []]
     members = None
-    if all(p.members is not None for p in parts):
-        members = {name: [s for p in parts for s in (p.members or {})[name]] for name in first.members or {}}
+    if any(p.members is not None for p, _ in parts):
+        names = set(first.members or {})
+        for part, url in parts:
+            if set(part.members or {}) != names:
+                raise RewardResponseError(
+                    f"ensemble members {sorted(part.members or {})} differ from another chunk's "
+                    f"{sorted(names)}",
+                    url,
+                )
+        members = {
+            name: [s for p, _ in parts for s in (p.members or {})[name]] for name in first.members or {}
+        }
     return ScoreResponse(
         scorer=first.scorer,
         model=first.model,
-        scores=[s for p in parts for s in p.scores],
-        truncated=sum(p.truncated for p in parts),
+        scores=[s for p, _ in parts for s in p.scores],
+        truncated=sum(p.truncated for p, _ in parts),
         labels=labels,
         members=members,
     )
@@ -244,12 +336,34 @@ def _build_request(
     )
 
 
+def _payload_items(payload: dict[str, Any]) -> int:
+    return len(payload["texts"] if "texts" in payload else payload["responses"])
+
+
 def _parse_chunk(body: Any, payload: dict[str, Any], url: str) -> ScoreResponse:
-    """The server's answer to one chunk, checked to hold exactly one score per input."""
+    """The server's answer to one chunk, checked to hold exactly one finite score per input (and one
+    label set and one score per ensemble member, when given)."""
     response = _validated(ScoreResponse, body, url)
-    expected = len(payload["texts"] if "texts" in payload else payload["responses"])
-    if len(response.scores) != expected:
-        raise RewardResponseError(f"{len(response.scores)} scores for {expected} inputs", url)
+    expected = _payload_items(payload)
+    lists: dict[str, list[Any] | None] = {"scores": response.scores, "labels": response.labels}
+    lists.update({f"members.{name}": scores for name, scores in (response.members or {}).items()})
+    for name, values in lists.items():
+        if values is not None and len(values) != expected:
+            raise RewardResponseError(f"{len(values)} {name} for {expected} inputs", url)
+    if payload.get("return_labels") and response.labels is None:
+        raise RewardResponseError("labels were asked for but not sent", url)
+    numbers = [*response.scores, *(s for scores in (response.members or {}).values() for s in scores)]
+    numbers += [
+        v
+        for item in response.labels or []
+        for label in item.values()
+        for v in (label.logit, label.probability)
+    ]
+    if not all(math.isfinite(v) for v in numbers):
+        # A huge integer (10**400) passes JSON parsing and becomes inf.
+        raise RewardResponseError("a score is not a finite number", url)
+    if not 0 <= response.truncated <= expected:
+        raise RewardResponseError(f"truncated={response.truncated} for {expected} inputs", url)
     return response
 
 
@@ -267,8 +381,13 @@ class _ClientBase:
         self.retry = retry or RetryPolicy()
         self._pool = _ServerPool(parse_base_urls(base_urls), self.retry.max_down_s)
         key = api_key if api_key is not None else os.environ.get("REWARD_API_KEY")
-        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        # Only encodings that shared.bounded_body decodes within the answer's size limit.
+        self._headers = {"Accept-Encoding": ACCEPT_ENCODING}
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
         self._attempt_timeout_s = timeout_s
+        if max_items_per_request is not None and max_items_per_request < 1:
+            raise ValueError(f"max_items_per_request must be at least 1, not {max_items_per_request}")
         self._max_items = max_items_per_request
 
     @property
@@ -314,18 +433,26 @@ class RewardClient(_ClientBase):
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[Any, str]:
+    def _call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, items: int = 0
+    ) -> tuple[Any, str]:
         deadline = time.monotonic() + self.retry.max_total_s
 
         def attempt() -> tuple[Any, str]:
             url = self._pool.next_url()
             options = self._attempt_options(deadline)
             try:
-                response = self._http.request(method, url + path, json=body, **options)
+                with self._http.stream(method, url + path, json=body, **options) as response:
+                    limit = _answer_limit(response.status_code, items)
+                    if _declared_too_large(response, limit):
+                        raise _too_large(limit, url)
+                    content = _read(response, limit, url)
             except httpx.TransportError as exc:
                 raise self._transport_failure(url, exc) from exc
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:  # e.g. a corrupt gzip body
+                raise RewardResponseError(f"{type(exc).__name__}: {exc}", url) from exc
             self._pool.mark_up(url)
-            return _check(response, url), url
+            return _answer(response, content, url), url
 
         try:
             return Retrying(**self.retry.tenacity_kwargs())(attempt)
@@ -356,8 +483,8 @@ class RewardClient(_ClientBase):
         request = _build_request(texts, queries, responses, score_on, return_labels, truncation_side)
         parts = []
         for payload in _chunk_payloads(request, self._chunk_size()):
-            body, url = self._call("POST", _score_path(scorer), payload)
-            parts.append(_parse_chunk(body, payload, url))
+            body, url = self._call("POST", _score_path(scorer), payload, _payload_items(payload))
+            parts.append((_parse_chunk(body, payload, url), url))
         return _merge(parts)
 
 
@@ -378,18 +505,26 @@ class AsyncRewardClient(_ClientBase):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[Any, str]:
+    async def _call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, items: int = 0
+    ) -> tuple[Any, str]:
         deadline = time.monotonic() + self.retry.max_total_s
 
         async def attempt() -> tuple[Any, str]:
             url = self._pool.next_url()
             options = self._attempt_options(deadline)
             try:
-                response = await self._http.request(method, url + path, json=body, **options)
+                async with self._http.stream(method, url + path, json=body, **options) as response:
+                    limit = _answer_limit(response.status_code, items)
+                    if _declared_too_large(response, limit):
+                        raise _too_large(limit, url)
+                    content = await _aread(response, limit, url)
             except httpx.TransportError as exc:
                 raise self._transport_failure(url, exc) from exc
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:  # e.g. a corrupt gzip body
+                raise RewardResponseError(f"{type(exc).__name__}: {exc}", url) from exc
             self._pool.mark_up(url)
-            return _check(response, url), url
+            return _answer(response, content, url), url
 
         try:
             return await AsyncRetrying(**self.retry.tenacity_kwargs())(attempt)
@@ -420,9 +555,9 @@ class AsyncRewardClient(_ClientBase):
         """Score texts, or query/response pairs; one score per input, in order."""
         request = _build_request(texts, queries, responses, score_on, return_labels, truncation_side)
 
-        async def one(payload: dict[str, Any]) -> ScoreResponse:
-            body, url = await self._call("POST", _score_path(scorer), payload)
-            return _parse_chunk(body, payload, url)
+        async def one(payload: dict[str, Any]) -> tuple[ScoreResponse, str]:
+            body, url = await self._call("POST", _score_path(scorer), payload, _payload_items(payload))
+            return _parse_chunk(body, payload, url), url
 
         payloads = _chunk_payloads(request, await self._chunk_size())
         return _merge(list(await asyncio.gather(*(one(p) for p in payloads))))

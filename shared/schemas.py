@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, computed_field, model_validator
 
 ScoreOn = Literal["query_response", "response"]
 TruncationSide = Literal["left", "right"]
@@ -105,8 +105,8 @@ class ScorerInfo(BaseModel):
 
 
 class Limits(BaseModel):
-    max_items_per_request: int
-    max_text_chars: int
+    max_items_per_request: int = Field(ge=1)
+    max_text_chars: int = Field(ge=1)
 
 
 class ScorersResponse(BaseModel):
@@ -115,18 +115,32 @@ class ScorersResponse(BaseModel):
     limits: Limits
 
 
-class OpenRLHFRequest(BaseModel):
-    """OpenRLHF's remote reward request (`--remote_rm_url`)."""
+class OpenRLHFRequest(_Strict):
+    """OpenRLHF's remote reward request (`--reward.remote_url`, before 0.10.2 `--remote_rm_url`)."""
 
-    query: list[str] = Field(description="Prompt + response, decoded with special tokens.")
-    prompts: list[str] | None = None
-    labels: list[str | None] | None = None
+    query: list[str] = Field(description="Prompt + response, decoded with special tokens; may be empty.")
+    prompts: list[str] | None = Field(default=None, description="The prompts alone; one per query.")
+    labels: list[JsonValue] | None = Field(
+        default=None,
+        description="The dataset's label of each sample, of any JSON type; one per query. Accepted and "
+        "not used: the scorers here need no reference answer.",
+    )
 
 
 class OpenRLHFResponse(BaseModel):
     rewards: list[float]
     scores: list[float]
     extra_logs: dict[str, list[float]]
+
+
+class SlimeRequest(_Strict):
+    """What slime's `remote_rm` posts to `--rm-url`, one sample per request."""
+
+    prompt: str | list[dict[str, JsonValue]] = Field(
+        description="The prompt as text (with its chat template applied, or not), or chat messages."
+    )
+    response: str = Field(description="The generated response.")
+    label: JsonValue = Field(default=None, description="The sample's label; accepted and not used.")
 
 
 class ErrorBody(BaseModel):

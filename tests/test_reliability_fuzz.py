@@ -113,7 +113,7 @@ def test_one_ten_megabyte_text_is_422_naming_it(live_service: LiveServer) -> Non
 
 
 def test_openrlhf_route_rejects_hostile_bodies(live_service: LiveServer) -> None:
-    for body in (b'{"query": []}', b'{"query": "abc"}', b'{"prompts": ["a"]}', b"[]"):
+    for body in (b'{"query": "abc"}', b'{"prompts": ["a"]}', b"[]", b'{"query": ["a"], "labels": [1, 2]}'):
         response = httpx.post(
             live_service.url + "/get_reward", content=body, headers={"content-type": "application/json"}
         )

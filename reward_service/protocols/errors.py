@@ -1,7 +1,8 @@
 """Errors in each protocol's own shape: a route class that catches what the shared scoring path and
 request validation raise on that protocol's routes, and answers it as that protocol's clients expect.
 
-Middleware answers (401, body too large, shutting down) keep the service's `{"detail": ...}` body.
+Answers given before a route runs (401, body too large, shutting down) take the same shape through
+`reward_service.protocols.error_body_for`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,14 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from reward_service.errors import InvalidInput, NotReady, Overloaded, UpstreamFailed
+from reward_service.errors import (
+    InvalidInput,
+    NotReady,
+    Overloaded,
+    ShuttingDown,
+    Unauthorized,
+    UpstreamFailed,
+)
 from reward_service.protocols.activation import default_activation, sigmoid, softmax
 from reward_service.protocols.errors import protocol_route
 from reward_service.scoring import score_texts
@@ -93,11 +100,15 @@ class Prediction(BaseModel):
 
 class TEIError(BaseModel):
     error: str
-    error_type: Literal["validation", "tokenizer", "empty", "overloaded", "unhealthy", "backend"]
+    error_type: Literal[
+        "validation", "tokenizer", "empty", "overloaded", "unhealthy", "backend", "unauthorized"
+    ]
 
 
-def _tei_error(status: int, message: str, exc: Exception) -> tuple[int, dict[str, object]]:
-    if isinstance(exc, NotReady):
+def tei_error(status: int, message: str, exc: Exception) -> tuple[int, dict[str, object]]:
+    if isinstance(exc, Unauthorized):
+        kind = "unauthorized"  # TEI itself answers a bare 401
+    elif isinstance(exc, NotReady | ShuttingDown):
         kind = "unhealthy"
     elif isinstance(exc, Overloaded):
         kind = "overloaded"
@@ -118,7 +129,7 @@ _ERRORS = {
 }
 PredictResponse = list[Prediction] | list[list[Prediction]]
 
-router = APIRouter(route_class=protocol_route(_tei_error), tags=["protocols"])
+router = APIRouter(route_class=protocol_route(tei_error), tags=["protocols"])
 
 
 def _apply(transform: Transform | None, logits: list[float]) -> list[float]:

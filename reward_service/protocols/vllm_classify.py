@@ -20,8 +20,8 @@ from reward_service.errors import InputTooLong, InvalidInput, UnknownScorer
 from reward_service.protocols.activation import default_activation
 from reward_service.protocols.errors import protocol_route
 from reward_service.scorers import ScorerRegistry
-from reward_service.scoring import registry_of, score_texts
-from reward_service.validation import check_inputs
+from reward_service.scoring import registry_of, score_texts, settings_of
+from reward_service.validation import check_inputs, check_texts
 
 
 class ClassificationRequest(BaseModel):
@@ -111,7 +111,7 @@ def _error_type(status: int) -> str:
     return name if name.endswith("Error") else name + "Error"
 
 
-def _vllm_error(status: int, message: str, exc: Exception) -> tuple[int, dict[str, object]]:
+def vllm_error(status: int, message: str, exc: Exception) -> tuple[int, dict[str, object]]:
     # vLLM answers every invalid request with 400 BadRequestError.
     if status == InvalidInput.status_code or isinstance(exc, InputTooLong):
         status = HTTPStatus.BAD_REQUEST
@@ -128,7 +128,7 @@ _ERRORS = {
     504: {"model": VLLMError, "description": "Not scored within the request's deadline."},
 }
 
-router = APIRouter(route_class=protocol_route(_vllm_error), tags=["protocols"])
+router = APIRouter(route_class=protocol_route(vllm_error), tags=["protocols"])
 
 
 def scorer_for_model(registry: ScorerRegistry, model: str | None) -> str | None:
@@ -148,6 +148,9 @@ async def classify(request: Request, body: ClassificationRequest) -> Classificat
     """
     if body.input == "":
         raise InvalidInput("'input' must not be empty")
+    if body.model is not None:
+        # Checked first: the 404 for an unknown model quotes it, and a lone surrogate cannot be encoded.
+        check_texts("model", [body.model], settings_of(request))
     texts = [body.input] if isinstance(body.input, str) else body.input
     activated = body.activated()
     scored = await score_texts(

@@ -1,0 +1,72 @@
+"""OpenRLHF's remote reward, `POST /get_reward`, as its actors call it (`--reward.remote_url`, before
+0.10.2 `--remote_rm_url`).
+
+Request `{"query": [...], "prompts": [...], "labels": [...]}`, answer `{"rewards", "scores",
+"extra_logs"}`. `query` is prompt + response decoded with special tokens; they are stripped and the
+rest is scored whole with the default scorer. OpenRLHF up to 0.9 sends a whole rollout in one
+request, so this route takes up to REWARD_OPENRLHF_MAX_ITEMS items and scores them in windows of
+REWARD_MAX_ITEMS_PER_REQUEST; with several URLs it sends empty lists to all but one, answered with
+empty lists. Errors keep the service's `{"detail": ...}`: OpenRLHF only looks at the status.
+"""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import APIRouter, Request
+
+from reward_service.errors import InvalidInput, TooManyItems
+from reward_service.scoring import score_texts, settings_of
+from reward_service.settings import ServiceSettings
+from reward_service.validation import check_texts
+from shared.schemas import ErrorBody, OpenRLHFRequest, OpenRLHFResponse
+
+router = APIRouter(tags=["protocols"])
+
+_ERRORS = {
+    401: {"model": ErrorBody, "description": "Missing or wrong API key."},
+    413: {"model": ErrorBody, "description": "More than REWARD_OPENRLHF_MAX_ITEMS items, or body too large."},
+    422: {"model": ErrorBody, "description": "Invalid input; the message names the field."},
+    503: {"model": ErrorBody, "description": "Queue full or scorer not ready; see Retry-After."},
+    504: {"model": ErrorBody, "description": "Not scored within the request's deadline."},
+}
+
+
+def strip_special_tokens(text: str, settings: ServiceSettings) -> str:
+    """`text` without the tokenizer's special tokens (REWARD_OPENRLHF_STRIP_PATTERN), as a reward
+    model trained on plain text expects it."""
+    return re.sub(settings.openrlhf_strip_pattern, "", text).strip()
+
+
+def _check(body: OpenRLHFRequest, settings: ServiceSettings) -> None:
+    """The limits of /score on every field: item count (413), text length and Unicode (422)."""
+    items = len(body.query)
+    if items > settings.openrlhf_max_items:
+        raise TooManyItems(
+            f"{items} items in one request; the limit is {settings.openrlhf_max_items} "
+            "(REWARD_OPENRLHF_MAX_ITEMS)"
+        )
+    for name, values in (("prompts", body.prompts), ("labels", body.labels)):
+        if values is not None and len(values) != items:
+            raise InvalidInput(f"'{name}' has {len(values)} items but 'query' has {items}")
+    # Limits apply to what the client sent, before the special tokens are stripped.
+    check_texts("query", body.query, settings)
+    if body.prompts is not None:
+        check_texts("prompts", body.prompts, settings)
+
+
+@router.post("/get_reward", response_model=OpenRLHFResponse, responses=_ERRORS)
+async def get_reward(request: Request, body: OpenRLHFRequest) -> OpenRLHFResponse:
+    """OpenRLHF-compatible remote reward: one reward per `query`, in order. `labels` may be of any
+    JSON type (they are not used); an empty `query` gets empty lists."""
+    settings = settings_of(request)
+    _check(body, settings)
+    texts = [strip_special_tokens(query, settings) for query in body.query]
+    window = settings.max_items_per_request
+    rewards: list[float] = []
+    # One window at a time: a 2,048-item rollout does not take the whole queue from other clients.
+    for start in range(0, len(texts), window):
+        part = texts[start : start + window]
+        scored = await score_texts(request, "/get_reward", None, lambda _, part=part: part)
+        rewards.extend(scored.output.scores)
+    return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs={})
