@@ -208,6 +208,75 @@ def test_readiness_is_503_while_the_only_engine_is_down(tiny_roberta: Path) -> N
         assert httpx.post(server.url + "/score", json={"texts": ["a"]}).status_code == 200
 
 
+def test_a_frozen_engine_is_noticed_killed_and_replaced(slow_roberta: Path) -> None:
+    app = create_app(service_settings(slow_roberta, retry_after_s=3))
+    with serving(app) as server:
+        supervisor = app.state.registry.get(None).supervisor
+        [pid] = supervisor.pids()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # The client would wait 120 s: the answer must come from the heartbeat, not the deadline.
+            in_flight = pool.submit(
+                httpx.post,
+                server.url + "/score",
+                json={"texts": [LONG_TEXT] * 16},
+                headers={"X-Reward-Timeout-Ms": "120000"},
+                timeout=130,
+            )
+            time.sleep(0.3)
+            os.kill(pid, signal.SIGSTOP)  # alive to the kernel, but answers nothing
+            try:
+                wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 503, timeout_s=30)
+                scorers = httpx.get(server.url + "/scorers").json()["scorers"][0]
+                assert scorers["state"] != "ready"
+                answer = in_flight.result()
+            finally:
+                if supervisor.pids() == [pid]:
+                    os.kill(pid, signal.SIGKILL)
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "3"
+        assert "scores" not in answer.json()
+        wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, timeout_s=60)
+        [new_pid] = supervisor.pids()
+        assert new_pid != pid and supervisor.restarts() == 1
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # the frozen one was killed and reaped, not left behind
+        assert httpx.post(server.url + "/score", json={"texts": ["I like you."]}).status_code == 200
+
+
+def test_a_busy_engine_answers_heartbeats_while_a_batch_runs(slow_roberta: Path) -> None:
+    import zmq
+
+    from reward_service.engine import protocol
+
+    app = create_app(service_settings(slow_roberta))
+    with serving(app) as server:
+        supervisor = app.state.registry.get(None).supervisor
+        [address] = supervisor.addresses
+        context = zmq.Context()
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(protocol.heartbeat_address(address))
+        replies: list[protocol.HeartbeatReply] = []
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                scoring = pool.submit(
+                    httpx.post, server.url + "/score", json={"texts": [LONG_TEXT] * 32}, timeout=120
+                )
+                sequence = 0
+                while not scoring.done():
+                    sequence += 1
+                    socket.send(protocol.encode(protocol.Heartbeat(sequence)))
+                    if socket.poll(100):
+                        replies.append(protocol.decode_heartbeat_reply(socket.recv()))
+                assert scoring.result().status_code == 200
+        finally:
+            socket.close()
+            context.term()
+        # Answered from inside a batch (the busy loop was in a step), not only between batches.
+        assert any(reply.busy_s > 0.05 for reply in replies)
+        assert {reply.pid for reply in replies} == set(supervisor.pids())
+        assert supervisor.restarts() == 0
+
+
 def test_two_engines_share_the_work_and_one_dying_leaves_the_other_serving(tiny_roberta: Path) -> None:
     app = create_app(service_settings(tiny_roberta, devices=["cpu", "cpu"]))
     with serving(app) as server:

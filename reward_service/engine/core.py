@@ -8,6 +8,8 @@ JSON parsing, HTTP or tokenization (those run in the front-end processes). The l
 
 Launching batch k+1 before collecting batch k lets a GPU run one batch while the next is padded
 and copied. The model loads in a background thread so that status queries are answered meanwhile.
+Another thread answers heartbeats on a socket of its own (see `protocol.Heartbeat`): it needs the
+GIL only for a moment, which PyTorch's ops release, so a long batch does not delay its replies.
 """
 
 from __future__ import annotations
@@ -65,19 +67,29 @@ class EngineCore:
         self._stopping = False
         self._ran_since_trim = False
         self._parent = os.getppid()
+        # When the busy loop's current step began; None while it waits for messages.
+        self._busy_since: float | None = None
+        self._serving = True
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 1000)
 
     def serve(self) -> None:
         self._bind()
+        heartbeats = self._heartbeat_socket()
+        heartbeat_thread = threading.Thread(
+            target=self._answer_heartbeats, args=(heartbeats,), name="engine-heartbeat", daemon=True
+        )
+        heartbeat_thread.start()
         threading.Thread(target=self._load, name="engine-load", daemon=True).start()
         log.info(
             "engine for %s listening on %s (pid %d)", self.config.scorer, self.config.address, os.getpid()
         )
         in_flight: _InFlight | None = None
         while not self._finished(in_flight):
+            self._busy_since = None
             self._receive(self._poll_timeout_ms(in_flight))
+            self._busy_since = time.monotonic()
             self._form_window()
             if in_flight is not None and not in_flight.launched.asynchronous:
                 # Its logits are ready already (CPU): send them before running the next batch.
@@ -88,6 +100,8 @@ class EngineCore:
                 self._complete(in_flight)
             in_flight = launched
             self.metrics.queue_depth.set(self.scheduler.waiting_items + sum(map(len, self._batches)))
+        self._serving = False
+        heartbeat_thread.join()
         self._socket.close()
         self._context.term()
 
@@ -100,6 +114,33 @@ class EngineCore:
         if path != self.config.address and os.path.exists(path):
             os.unlink(path)  # left behind by an engine that died on this address
         self._socket.bind(self.config.address)
+
+    def _heartbeat_socket(self) -> zmq.Socket[bytes]:
+        socket = self._context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.LINGER, 0)
+        address = protocol.heartbeat_address(self.config.address)
+        path = address.removeprefix("ipc://")
+        if path != address and os.path.exists(path):
+            os.unlink(path)
+        socket.bind(address)
+        return socket
+
+    def _answer_heartbeats(self, socket: zmq.Socket[bytes]) -> None:
+        pid = os.getpid()
+        while self._serving:
+            if not socket.poll(IDLE_POLL_MS):
+                continue
+            client, frame = socket.recv_multipart()
+            try:
+                beat = protocol.decode_heartbeat(frame)
+            except Exception:  # noqa: BLE001 - a malformed frame must not stop the heartbeat
+                continue
+            since = self._busy_since
+            busy_s = 0.0 if since is None else time.monotonic() - since
+            socket.send_multipart(
+                [client, protocol.encode(protocol.HeartbeatReply(beat.sequence, pid, busy_s))]
+            )
+        socket.close()
 
     def _load(self) -> None:
         try:
