@@ -99,11 +99,13 @@ class Heartbeat(msgspec.Struct, tag=True, frozen=True):
 
 
 class HeartbeatReply(msgspec.Struct, tag=True, frozen=True):
-    """`busy_s`: how long the busy loop has been in its current step (0 when it is waiting)."""
+    """`busy_s`: how long the busy loop has been in its current step (0 when it is waiting);
+    `ready`: the model has loaded."""
 
     sequence: int
     pid: int
     busy_s: float
+    ready: bool = False
 
 
 def heartbeat_address(address: str) -> str:

@@ -4,7 +4,9 @@ them all.
 Engines run in their own session, so a Ctrl-C meant for the server does not stop them before the
 front end has drained; they exit on their own if the supervising process disappears. A watcher
 thread, asleep between checks, restarts a dead engine on the same socket path (front ends
-reconnect by themselves) after a back-off that grows while it keeps dying young.
+reconnect by themselves): at once if it had loaded its model (a crash, the OOM killer, a freeze),
+else after a back-off that grows while it keeps dying before it is ready (a model that cannot
+load), as it does for one that dies within HEALTHY_LIFETIME_S of its start.
 
 The same thread sends each engine a heartbeat every HEARTBEAT_INTERVAL_S. An engine that has
 answered once and then leaves heartbeats unanswered for `heartbeat_timeout_s` (stopped, or frozen),
@@ -36,7 +38,7 @@ from reward_service.engine.protocol import EngineConfig
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL_S = 0.2
-# An engine that lived this long before dying is restarted at once; younger deaths back off.
+# An engine that was ready, or lived this long, is restarted at once; other deaths back off.
 HEALTHY_LIFETIME_S = 30.0
 MAX_BACKOFF_S = 30.0
 HEARTBEAT_INTERVAL_S = 0.5
@@ -56,6 +58,8 @@ class _Engine:
     beat_sent: float = 0.0
     sequence: int = 0
     busy_s: float = 0.0
+    # The process reported its model loaded (in a heartbeat reply).
+    was_ready: bool = False
 
 
 @dataclass
@@ -139,6 +143,7 @@ class EngineSupervisor:
             engine.started = time.monotonic()
             engine.answered = None
             engine.busy_s = 0.0
+            engine.was_ready = False
         log.info("started engine pid %d for %s on %s", engine.process.pid, self.scorer, engine.config.device)
 
     def _watch(self) -> None:
@@ -165,6 +170,7 @@ class EngineSupervisor:
                 continue
             if reply.pid == process.pid:  # not a late reply of the engine this one replaced
                 engine.answered, engine.busy_s = now, reply.busy_s
+                engine.was_ready = engine.was_ready or reply.ready
         if engine.answered is not None:
             silent_s = now - engine.answered
             if silent_s > self.heartbeat_timeout_s:
@@ -207,9 +213,8 @@ class EngineSupervisor:
             return
         multiprocess.mark_process_dead(process.pid, self.metrics_dir)
         lived = now - engine.started
-        engine.backoff_s = (
-            0.0 if lived > HEALTHY_LIFETIME_S else min(MAX_BACKOFF_S, max(1.0, 2 * engine.backoff_s))
-        )
+        healthy = engine.was_ready or lived > HEALTHY_LIFETIME_S
+        engine.backoff_s = 0.0 if healthy else min(MAX_BACKOFF_S, max(1.0, 2 * engine.backoff_s))
         log.error(
             "engine pid %d for %s on %s exited with code %s after %.1fs; restarting in %.0fs",
             process.pid,
