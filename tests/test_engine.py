@@ -375,3 +375,53 @@ def test_long_texts_are_cut_before_tokenizing_with_the_same_ids_and_count(tiny_r
         tokenized = scorer.tokenize(texts, side)
         assert tokenized.ids == [e.ids for e in expected]
         assert tokenized.truncated == sum(1 for e in expected if e.overflowing)
+
+
+def test_admission_estimates_a_fair_share_finish_and_refuses_what_cannot_finish() -> None:
+    from reward_service.engine.admission import Admission, Queued, finish_s
+
+    # Round-robin: a 100-token request behind one of 1,000 waits for 100 of its tokens, not 1,000.
+    assert finish_s(100, [1000], tokens_per_s=100.0) == pytest.approx(2.0)
+    admission = Admission(cold_tokens=1000)
+    # No rate measured yet: an idle engine takes anything; a busy one only small work.
+    assert admission.refusal(50_000, 1.0, []) is None
+    assert admission.refusal(500, 1.0, [Queued(400, 10.0)]) is None
+    assert "no measured rate" in (admission.refusal(5_000, 1.0, [Queued(400, 10.0)]) or "")
+    admission.observe(tokens=1000, seconds=1.0)  # 1,000 tokens/s
+    assert admission.refusal(500, 1.0, []) is None
+    assert "past its deadline" in (admission.refusal(5_000, 2.0, []) or "")
+    assert admission.refusal(5_000, None, []) is None  # no deadline: never refused for time
+    # On time alone (5 s of work, 6 s left) but not with a newcomer taking half the engine.
+    assert "already admitted" in (admission.refusal(5_000, 60.0, [Queued(5_000, 6.0)]) or "")
+    # An admitted request that is late anyway is no reason to refuse the next one.
+    assert admission.refusal(5_000, 60.0, [Queued(5_000, 1.0)]) is None
+
+
+def test_a_request_that_cannot_finish_before_its_deadline_is_refused_at_once(slow_roberta: Path) -> None:
+    app = create_app(service_settings(slow_roberta, retry_after_s=2, max_items_per_request=1024))
+    with serving(app) as server:
+        # One request first, so the engine has measured its rate (and this test the machine's).
+        started = time.monotonic()
+        warm = httpx.post(server.url + "/score", json={"texts": [LONG_TEXT] * 16}, timeout=120)
+        assert warm.status_code == 200
+        sixteen_s = time.monotonic() - started
+        # 64 times that work, with a quarter of the time it needs: refused before any of it runs
+        # (a 503 at once, not a 504 at the deadline). The budget is many times what tokenizing it takes.
+        refused = httpx.post(
+            server.url + "/score",
+            json={"texts": [LONG_TEXT] * 1024},
+            headers={"X-Reward-Timeout-Ms": str(int(16 * sixteen_s * 1000))},
+            timeout=120,
+        )
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+        assert "before its deadline" in refused.json()["detail"] and "scores" not in refused.json()
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'reward_requests_total{route="/score",scorer="roberta-hate",status="503"} 1.0' in metrics
+        # The same work with time enough is admitted.
+        fits = httpx.post(
+            server.url + "/score",
+            json={"texts": [LONG_TEXT] * 16},
+            headers={"X-Reward-Timeout-Ms": "120000"},
+            timeout=130,
+        )
+        assert fits.status_code == 200

@@ -93,10 +93,14 @@ class EngineClient:
         if self._monitor is not None:
             self._monitor.close()
 
-    async def score(self, token_ids: bytes, lengths: list[int]) -> EngineScores:
-        """One row of logits per sequence; raises a ServiceError (503 when a retry can help)."""
+    async def score(self, token_ids: bytes, lengths: list[int], budget_s: float = 0.0) -> EngineScores:
+        """One row of logits per sequence; raises a ServiceError (503 when a retry can help).
+
+        With `budget_s` (seconds left before the request's deadline), the engine refuses at once
+        (503) a request it cannot finish in time."""
         sent = time.perf_counter()
-        answer = await self._call(protocol.ScoreItems(next(self._ids), token_ids, lengths), len(lengths))
+        message = protocol.ScoreItems(next(self._ids), token_ids, lengths, budget_s)
+        answer = await self._call(message, len(lengths))
         if isinstance(answer, protocol.ScoredItems):
             queue_s = max(0.0, time.perf_counter() - sent - answer.inference_s)
             return EngineScores(protocol.unpack_logits(answer), queue_s, answer.inference_s)

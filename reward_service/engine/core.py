@@ -28,6 +28,7 @@ import zmq
 
 from reward_service.allocator import release_freed_memory
 from reward_service.engine import protocol
+from reward_service.engine.admission import Admission, Queued
 from reward_service.engine.metrics import EngineMetrics
 from reward_service.engine.model_runner import (
     LaunchedBatch,
@@ -37,7 +38,7 @@ from reward_service.engine.model_runner import (
     resolve_dtype,
 )
 from reward_service.engine.protocol import EngineConfig, EngineFailure, FailureKind
-from reward_service.engine.scheduler import BatchItem, FairScheduler, QueuedRequest
+from reward_service.engine.scheduler import WINDOW_BATCHES, BatchItem, FairScheduler, QueuedRequest
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class EngineCore:
         self.metrics = EngineMetrics(config.scorer)
         self.scheduler = FairScheduler(config.max_batch_tokens, config.max_batch_items, config.queue_capacity)
         self._requests: dict[tuple[bytes, int], QueuedRequest] = {}
+        self.admission = Admission(cold_tokens=WINDOW_BATCHES * config.max_batch_tokens)
+        self._last_completed = 0.0
         self._batches: deque[list[BatchItem]] = deque()
         self._runner: ModelRunner | None = None
         self._state: protocol.EngineState = "loading"
@@ -137,8 +140,9 @@ class EngineCore:
                 continue
             since = self._busy_since
             busy_s = 0.0 if since is None else time.monotonic() - since
+            ready = self._state == "ready"
             socket.send_multipart(
-                [client, protocol.encode(protocol.HeartbeatReply(beat.sequence, pid, busy_s))]
+                [client, protocol.encode(protocol.HeartbeatReply(beat.sequence, pid, busy_s, ready))]
             )
         socket.close()
 
@@ -229,7 +233,19 @@ class EngineCore:
         if len(token_ids) != sum(message.lengths) or min(message.lengths, default=1) < 1:
             self._send(client, EngineFailure(message.request_id, "model_error", "malformed ScoreItems"))
             return
-        request = QueuedRequest(client, message.request_id, token_ids, message.lengths)
+        now = time.monotonic()
+        deadline = now + message.budget_s if message.budget_s > 0 else None
+        queued = [
+            Queued(r.remaining_tokens, None if r.deadline is None else r.deadline - now)
+            for r in self._requests.values()
+        ]
+        why = self.admission.refusal(len(token_ids), message.budget_s or None, queued)
+        if why is not None:
+            self.metrics.rejected.inc(len(message.lengths))
+            detail = f"scorer '{self.config.scorer}' cannot score this request before its deadline: {why}"
+            self._send(client, EngineFailure(message.request_id, "overloaded", detail))
+            return
+        request = QueuedRequest(client, message.request_id, token_ids, message.lengths, deadline=deadline)
         if not self.scheduler.add(request):
             self.metrics.rejected.inc(len(message.lengths))
             detail = (
@@ -283,9 +299,17 @@ class EngineCore:
             self._fail(in_flight.items, exc)
             return
         finally:
-            self.metrics.batch_latency.observe(time.monotonic() - in_flight.started)
+            now = time.monotonic()
+            self.metrics.batch_latency.observe(now - in_flight.started)
+        # The engine's time for this batch: since it started, or since the one before finished
+        # (a GPU runs the next batch while this one is collected).
+        self.admission.observe(
+            sum(item.length for item in in_flight.items), now - max(in_flight.started, self._last_completed)
+        )
+        self._last_completed = now
         for item, row in zip(in_flight.items, logits, strict=True):
             request = item.request
+            request.remaining_tokens -= item.length
             if request.cancelled:
                 continue
             if request.logits is None:

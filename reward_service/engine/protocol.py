@@ -26,11 +26,15 @@ LOGIT_DTYPE = np.dtype("<f4")
 
 
 class ScoreItems(msgspec.Struct, tag=True, frozen=True):
-    """Score `len(lengths)` token sequences, packed one after the other in `token_ids`."""
+    """Score `len(lengths)` token sequences, packed one after the other in `token_ids`.
+
+    `budget_s`: seconds until the front end stops waiting (0: no deadline); the engine refuses the
+    request at once if it cannot finish in time (see `admission`)."""
 
     request_id: int
     token_ids: bytes
     lengths: list[int]
+    budget_s: float = 0.0
 
 
 class CancelItems(msgspec.Struct, tag=True, frozen=True):

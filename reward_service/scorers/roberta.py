@@ -234,7 +234,10 @@ class RobertaScorer(Scorer):
             )
         token_ids, lengths = pack_token_ids(tokenized.ids)
         tokenization_s = time.perf_counter() - started
-        result = await engine.score(token_ids, lengths)
+        # 0: no deadline. Else at least a millisecond, so a deadline already past reads as one.
+        left_s = options.deadline - time.monotonic()
+        budget_s = max(1e-3, left_s) if math.isfinite(left_s) else 0.0
+        result = await engine.score(token_ids, lengths, budget_s)
         record_engine_call(tokenization_s, result.queue_s, result.inference_s)
         logits = result.logits
         self._metrics.truncated.labels(self.name).inc(tokenized.truncated)
