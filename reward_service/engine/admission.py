@@ -61,23 +61,32 @@ class Admission:
             if queued and waiting + tokens > self._cold_tokens:
                 return f"{waiting} tokens are queued and the engine has no measured rate yet"
             return None
-        others = [q.tokens for q in queued]
-        if budget_s is not None:
-            own = finish_s(tokens, others, rate)
-            if own > ESTIMATE_MARGIN * budget_s:
-                return (
-                    f"its {tokens} tokens would be scored in about {own:.1f}s at {rate:.0f} tokens/s "
-                    f"behind {sum(others)} queued tokens, past its deadline in {budget_s:.1f}s"
-                )
-        for index, request in enumerate(queued):
-            if request.seconds_left is None:
-                continue
-            rest = others[:index] + others[index + 1 :]
-            before = finish_s(request.tokens, rest, rate)
-            after = before + min(tokens, request.tokens) / rate
-            if before <= request.seconds_left < after / ESTIMATE_MARGIN:
-                return (
-                    f"taking it would make a request already admitted miss its deadline in "
-                    f"{request.seconds_left:.1f}s"
-                )
-        return None
+        return refusal_reason(tokens, budget_s, queued, rate)
+
+
+def refusal_reason(
+    tokens: int, budget_s: float | None, queued: list[Queued], tokens_per_s: float
+) -> str | None:
+    """Why a request of `tokens` with `budget_s` seconds left cannot be taken at `tokens_per_s`
+    while `queued` requests share the work fairly, or None."""
+    rate = tokens_per_s
+    others = [q.tokens for q in queued]
+    if budget_s is not None:
+        own = finish_s(tokens, others, rate)
+        if own > ESTIMATE_MARGIN * budget_s:
+            return (
+                f"its {tokens} tokens would be scored in about {own:.1f}s at {rate:.0f} tokens/s "
+                f"behind {sum(others)} queued tokens, past its deadline in {budget_s:.1f}s"
+            )
+    for index, request in enumerate(queued):
+        if request.seconds_left is None:
+            continue
+        rest = others[:index] + others[index + 1 :]
+        before = finish_s(request.tokens, rest, rate)
+        after = before + min(tokens, request.tokens) / rate
+        if before <= request.seconds_left < after / ESTIMATE_MARGIN:
+            return (
+                f"taking it would make a request already admitted miss its deadline in "
+                f"{request.seconds_left:.1f}s"
+            )
+    return None

@@ -320,7 +320,11 @@ class EngineCore:
                 self._requests.pop(request.key, None)
                 inference_s = time.monotonic() - (request.first_batch_started or in_flight.started)
                 scored = protocol.ScoredItems(
-                    request.request_id, request.logits.tobytes(), logits.shape[1], inference_s
+                    request.request_id,
+                    request.logits.tobytes(),
+                    logits.shape[1],
+                    inference_s,
+                    self.admission.tokens_per_s or 0.0,
                 )
                 self._send(request.client, scored)
 

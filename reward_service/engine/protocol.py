@@ -59,6 +59,7 @@ class ScoredItems(msgspec.Struct, tag=True, frozen=True):
     logits: bytes
     num_labels: int
     inference_s: float = 0.0
+    tokens_per_s: float = 0.0
 
 
 FailureKind = Literal["overloaded", "not_ready", "shutting_down", "model_error"]

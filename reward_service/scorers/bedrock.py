@@ -283,13 +283,23 @@ class BedrockJudge(Scorer):
         if time.monotonic() >= deadline:
             raise JudgeFailure("deadline", "the request's deadline passed before the call", timeout=True)
         try:
-            response = self._retrying(deadline, ended)(self._converse, text, template)
+            out_of_time = threading.Event()  # set when the deadline, not the budget, stopped retries
+            response = self._retrying(deadline, ended, out_of_time)(self._converse, text, template)
             value = self._read(response, template)
         except JudgeFailure as failure:
             self._metrics.judge_calls.labels(self.name, failure.reason).inc()
             raise
         except (ClientError, BotoCoreError) as exc:
             failure = as_failure(exc)
+            if out_of_time.is_set() and not failure.permanent:
+                # Retrying could still have helped: the request ran out of time (504), it was not
+                # refused (502).
+                failure = JudgeFailure(
+                    "deadline",
+                    f"no time left for another retry before the request's deadline; last error "
+                    f"{failure.reason}: {failure.message}",
+                    timeout=True,
+                )
             self._metrics.judge_calls.labels(self.name, failure.reason).inc()
             raise failure from exc
         except Exception:
@@ -299,10 +309,13 @@ class BedrockJudge(Scorer):
         self._cache.put(key, value)
         return value
 
-    def _retrying(self, deadline: float, ended: threading.Event) -> Retrying:
+    def _retrying(self, deadline: float, ended: threading.Event, out_of_time: threading.Event) -> Retrying:
         # A new controller per text: Retrying keeps per-call state and texts run on many threads.
         def past_deadline(state: RetryCallState) -> bool:
-            return ended.is_set() or time.monotonic() + (state.upcoming_sleep or 0.0) >= deadline
+            if ended.is_set() or time.monotonic() + (state.upcoming_sleep or 0.0) >= deadline:
+                out_of_time.set()
+                return True
+            return False
 
         return Retrying(
             retry=retry_if_exception(is_transient),
