@@ -1,6 +1,8 @@
 """Throughput of the Bedrock judge against the local fake Bedrock with a fixed per-call latency.
 
 Run from the repository root:  python -m bench.bench_bedrock [--texts 256 --concurrency 32 --latency 0.3]
+With `--throttle-every 3`, every third call the fake receives is refused with ThrottlingException
+(429), as a Bedrock quota does, and the judge's retries must still score every text.
 
 Scores one batch of distinct texts through BedrockJudge (real boto3: signing, connection pool, parsing)
 and compares the time with the ideal ceil(texts / concurrency) x latency. A warm-up batch first opens
@@ -17,7 +19,7 @@ import platform
 import tempfile
 import time
 
-from harness.fake_bedrock import running_fake_bedrock
+from harness.fake_bedrock import Handler, Reply, article_judge, error_reply, running_fake_bedrock
 from reward_service.metrics import ServiceMetrics
 from reward_service.scorers.base import ScoreOptions
 from reward_service.scorers.bedrock import BedrockJudge
@@ -68,6 +70,19 @@ async def run(endpoint: str, texts: int, concurrency: int, repeats: int) -> list
         await judge.close()
 
 
+def throttling_every(period: int) -> Handler:
+    calls = 0
+
+    def handler(text: str, request: dict[str, object]) -> Reply:
+        nonlocal calls
+        calls += 1
+        if calls % period == 0:
+            return error_reply(429, "ThrottlingException", "Too many requests, please wait")
+        return article_judge(text, request)
+
+    return handler
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -76,15 +91,20 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency", type=float, default=0.3, help="seconds per fake Bedrock call")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--throttle-every", type=int, default=0, help="refuse every Nth call with 429")
     args = parser.parse_args()
 
     use_dummy_aws_credentials()
     with running_fake_bedrock() as (fake, _):
         fake.latency_s = args.latency
+        if args.throttle_every:
+            fake.handler = throttling_every(args.throttle_every)
         times = asyncio.run(run(fake.url, args.texts, args.concurrency, args.repeats))
     ideal = math.ceil(args.texts / args.concurrency) * args.latency
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}")
-    print(f"{args.texts} texts, concurrency {args.concurrency}, {args.latency * 1000:.0f} ms per call")
+    throttled = f", every {args.throttle_every}th call throttled" if args.throttle_every else ""
+    per_call = f"{args.latency * 1000:.0f} ms per call"
+    print(f"{args.texts} texts, concurrency {args.concurrency}, {per_call}{throttled}")
     print(f"ideal ceil({args.texts}/{args.concurrency}) x {args.latency} s = {ideal:.2f} s")
     for round_number, elapsed in enumerate(times, 1):
         print(f"round {round_number}: {elapsed:.2f} s, ratio {elapsed / ideal:.3f}")

@@ -91,12 +91,14 @@ class Call:
 
 
 class FakeBedrock:
-    """The fake's behaviour (`handler`, `latency_s`) can be changed between tests; `calls` records them."""
+    """The fake's behaviour (`handler`, `latency_s`, `delays`: extra seconds for the texts named) can be
+    changed between tests; `calls` records them."""
 
     def __init__(self) -> None:
         self.url = ""
         self.handler: Handler = article_judge
         self.latency_s = 0.0
+        self.delays: dict[str, float] = {}
         self.calls: list[Call] = []
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -107,6 +109,7 @@ class FakeBedrock:
     def reset(self) -> None:
         self.handler = article_judge
         self.latency_s = 0.0
+        self.delays = {}
         self.calls = []
         self.in_flight = self.peak_in_flight = 0
 
@@ -123,7 +126,7 @@ class FakeBedrock:
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
-            await asyncio.sleep(self.latency_s)
+            await asyncio.sleep(self.latency_s + self.delays.get(text, 0.0))
             reply = self.handler(text, body)
         finally:
             self.in_flight -= 1

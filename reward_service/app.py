@@ -18,6 +18,7 @@ from reward_service.errors import ServiceError
 from reward_service.metrics import ServiceMetrics
 from reward_service.protocols import protocol_router
 from reward_service.request_context import RequestContext
+from reward_service.request_counter import RequestCounter
 from reward_service.routes import router
 from reward_service.scorers import ScorerRegistry, build_registry
 from reward_service.scoring import ClientGone
@@ -74,8 +75,15 @@ async def _report_if_default_cannot_load(
 class RewardServiceApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         # Around Starlette's outermost layer (the one that answers an unexpected error with 500), so
-        # that every answer, that 500 included, carries the request id and timing headers.
-        return RequestContext(super().build_middleware_stack())
+        # that every answer, that 500 included, carries the request id and timing headers and is
+        # counted with the status it was sent with.
+        counted = RequestCounter(
+            super().build_middleware_stack(),
+            openapi=self.openapi,
+            metrics=lambda: self.state.metrics,
+            registry=lambda: self.state.registry,
+        )
+        return RequestContext(counted)
 
 
 def create_app(

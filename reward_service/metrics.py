@@ -50,7 +50,10 @@ class ServiceMetrics:
             registry=r,
         )
         self.judge_retries = Counter(
-            "reward_judge_retries", "Retries after botocore's own retries gave up.", ["scorer"], registry=r
+            "reward_judge_retries",
+            "Retries of a text by the judge (botocore makes one attempt).",
+            ["scorer"],
+            registry=r,
         )
         self.cache_hits = Counter(
             "reward_cache_hits", "Texts answered from a scorer's cache.", ["scorer"], registry=r

@@ -1,5 +1,6 @@
 """The one scoring path every route shares: limits, the request's deadline, cancellation when the
-client goes away, and the request metrics (with the route as a label).
+client goes away, and the latency and item metrics. The request count is kept by
+`request_counter.RequestCounter`, which sees every answer; this path names the scorer for it.
 
 Routes translate their protocol's body into texts and options, call `score_texts`, and translate the
 `Scored` result back into their protocol's answer.
@@ -21,6 +22,7 @@ from reward_service.allocator import LARGE_REQUEST_CHARS, release_freed_memory
 from reward_service.deadline import request_budget_s
 from reward_service.errors import DeadlineExceeded, NoClassLogits, ScoringFailed, ServiceError
 from reward_service.metrics import ServiceMetrics
+from reward_service.request_counter import UNKNOWN_SCORER_LABEL, note_scorer_label
 from reward_service.scorers import ScoreOptions, ScoreOutput, Scorer, ScorerRegistry
 from reward_service.settings import ServiceSettings
 from shared.client import TIMEOUT_HEADER
@@ -28,7 +30,6 @@ from shared.schemas import TruncationSide
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-UNKNOWN_SCORER_LABEL = "unknown"
 
 
 class ClientGone(Exception):
@@ -100,8 +101,8 @@ async def score_texts(
     label = registry.default if scorer_name is None else scorer_name
     if label not in registry.scorers:
         label = UNKNOWN_SCORER_LABEL
+    note_scorer_label(request.scope, label)
     started = time.perf_counter()
-    status = 500
     try:
         scorer = registry.get(scorer_name)
         if class_logits_hint is not None and not scorer.class_logits:
@@ -129,22 +130,12 @@ async def score_texts(
                 f"scorer '{label}' could not score {len(texts)} input(s) within the request's deadline "
                 f"({budget_s:.1f} s: {TIMEOUT_HEADER} less a margin, or REWARD_REQUEST_TIMEOUT_S)"
             ) from None
-        status = 200
-    except ServiceError as exc:
-        status = exc.status_code
-        raise
-    except ClientGone:
-        status = 499
-        raise
-    except asyncio.CancelledError:
-        # Only a shutdown cancels a request; ShutdownGuard answers it with 503 + Retry-After.
-        status = 503
+    except (ServiceError, ClientGone, asyncio.CancelledError):
+        # A shutdown is the only thing that cancels a request; ShutdownGuard answers it with 503.
         raise
     except Exception as exc:
         log.exception("scorer '%s' failed unexpectedly on %s", label, route)
         raise ScoringFailed(f"scorer '{label}' failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        metrics.requests.labels(route, label, str(status)).inc()
     metrics.items.labels(scorer.name).inc(len(texts))
     if sum(map(len, texts)) > LARGE_REQUEST_CHARS:
         await anyio.to_thread.run_sync(release_freed_memory)

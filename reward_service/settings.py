@@ -142,13 +142,16 @@ class ServiceSettings(BaseSettings):
     )
     bedrock_read_timeout_s: float = Field(default=30.0, gt=0, description="Longest wait for one reply.")
     bedrock_max_attempts: int = Field(
-        default=3, ge=1, description="Attempts per call inside botocore (adaptive retry mode)."
+        default=8,
+        ge=1,
+        description="Attempts per text, the first included, for transient faults (throttling, 5xx, "
+        "timeouts): the judge's one retry layer (botocore makes one attempt per call).",
     )
     bedrock_retry_total_s: float = Field(
         default=60.0,
         ge=0,
-        description="After botocore gives up on a transient fault, retry the text until this many "
-        "seconds have passed since its first attempt.",
+        description="No retry of a text starts later than this many seconds after its first attempt "
+        "(nor past the request's deadline).",
     )
     bedrock_cache_size: int = Field(
         default=65_536, ge=0, description="Judge answers kept in memory (LRU); 0 turns the cache off."

@@ -143,7 +143,60 @@ def test_malformed_replies_fail_the_request_for_good_and_invent_nothing(
     assert counter(metrics, "reward_judge_calls_total", scorer="claude-bedrock", outcome="malformed") == 1
 
 
-def test_throttling_is_retried_by_botocore_then_succeeds(fake_bedrock: FakeBedrock) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [
+        [
+            {"toolUse": {"toolUseId": "a", "name": "record_score", "input": {"score": 5}}},
+            {"toolUse": {"toolUseId": "b", "name": "record_score", "input": {"score": -5}}},
+        ],
+        [{"toolUse": {"toolUseId": "a", "name": "record_score", "input": {"score": 5, "other": -5}}}],
+    ],
+    ids=["two calls", "extra key"],
+)
+def test_an_ambiguous_tool_reply_is_a_424_not_a_score(
+    fake_bedrock: FakeBedrock, content: list[dict[str, object]]
+) -> None:
+    def ambiguous(text: str, request: dict[str, object]) -> Reply:
+        return converse_reply(content, "tool_use") if text == HATE else article_judge(text, request)
+
+    fake_bedrock.handler = ambiguous
+    metrics = ServiceMetrics()
+    (result,) = run_batches(bedrock_settings(fake_bedrock), [LIKE, HATE], metrics=metrics)
+    assert isinstance(result, UpstreamFailed) and result.status_code == 424
+    assert "ambiguous" in result.detail and "could not score 1 of 2 texts" in result.detail
+    assert counter(metrics, "reward_judge_calls_total", scorer="claude-bedrock", outcome="malformed") == 1
+
+
+def test_a_request_that_ended_leaves_no_calls_holding_the_capacity(fake_bedrock: FakeBedrock) -> None:
+    hung = [f"hung {i}" for i in range(6)]
+    fake_bedrock.delays = {text: 20.0 for text in hung}
+    settings = bedrock_settings(fake_bedrock, bedrock_max_concurrency=2)
+
+    async def main() -> ScoreOutput:
+        judge = BedrockJudge("claude-bedrock", settings, ServiceMetrics())
+        await judge.start()
+        try:
+            first = asyncio.create_task(judge.score(hung, OPTIONS))
+            deadline = time.monotonic() + 10
+            while len(fake_bedrock.calls) < 2:  # both slots taken by hung calls
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            first.cancel()  # its deadline passed, or its client went away
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            # Would wait for the hung calls (20 s) if they still held the two slots.
+            return await asyncio.wait_for(judge.score([LIKE, HATE], OPTIONS), 15)
+        finally:
+            await judge.close()
+
+    output = asyncio.run(main())
+    assert output.scores == [5.0, -4.0]
+    # The ended request's other texts were never sent.
+    assert sum(fake_bedrock.calls_for(text) for text in hung) == 2
+
+
+def test_throttling_is_retried_by_the_judge_alone_then_succeeds(fake_bedrock: FakeBedrock) -> None:
     fake_bedrock.handler = fail_first(1, error_reply(429, "ThrottlingException", "Too many requests"))
     assert scores_of(bedrock_settings(fake_bedrock), [LIKE, HATE]) == [5.0, -4.0]
     assert fake_bedrock.calls_for(LIKE) == 2 and fake_bedrock.calls_for(HATE) == 2

@@ -85,7 +85,7 @@ def test_a_throttled_judge_answers_504_before_the_clients_deadline_and_stops_ret
     fake_bedrock: FakeBedrock,
 ) -> None:
     fake_bedrock.handler = lambda text, request: error_reply(429, "ThrottlingException", "Too many requests")
-    settings = bedrock_settings(fake_bedrock, bedrock_retry_total_s=60, bedrock_max_attempts=1)
+    settings = bedrock_settings(fake_bedrock, bedrock_retry_total_s=60, bedrock_max_attempts=1000)
     with serving(create_app(settings)) as server:
         started = time.monotonic()
         response = httpx.post(

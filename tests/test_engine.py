@@ -208,6 +208,75 @@ def test_readiness_is_503_while_the_only_engine_is_down(tiny_roberta: Path) -> N
         assert httpx.post(server.url + "/score", json={"texts": ["a"]}).status_code == 200
 
 
+def test_a_frozen_engine_is_noticed_killed_and_replaced(slow_roberta: Path) -> None:
+    app = create_app(service_settings(slow_roberta, retry_after_s=3))
+    with serving(app) as server:
+        supervisor = app.state.registry.get(None).supervisor
+        [pid] = supervisor.pids()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # The client would wait 120 s: the answer must come from the heartbeat, not the deadline.
+            in_flight = pool.submit(
+                httpx.post,
+                server.url + "/score",
+                json={"texts": [LONG_TEXT] * 16},
+                headers={"X-Reward-Timeout-Ms": "120000"},
+                timeout=130,
+            )
+            time.sleep(0.3)
+            os.kill(pid, signal.SIGSTOP)  # alive to the kernel, but answers nothing
+            try:
+                wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 503, timeout_s=30)
+                scorers = httpx.get(server.url + "/scorers").json()["scorers"][0]
+                assert scorers["state"] != "ready"
+                answer = in_flight.result()
+            finally:
+                if supervisor.pids() == [pid]:
+                    os.kill(pid, signal.SIGKILL)
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "3"
+        assert "scores" not in answer.json()
+        wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, timeout_s=60)
+        [new_pid] = supervisor.pids()
+        assert new_pid != pid and supervisor.restarts() == 1
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # the frozen one was killed and reaped, not left behind
+        assert httpx.post(server.url + "/score", json={"texts": ["I like you."]}).status_code == 200
+
+
+def test_a_busy_engine_answers_heartbeats_while_a_batch_runs(slow_roberta: Path) -> None:
+    import zmq
+
+    from reward_service.engine import protocol
+
+    app = create_app(service_settings(slow_roberta))
+    with serving(app) as server:
+        supervisor = app.state.registry.get(None).supervisor
+        [address] = supervisor.addresses
+        context = zmq.Context()
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(protocol.heartbeat_address(address))
+        replies: list[protocol.HeartbeatReply] = []
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                scoring = pool.submit(
+                    httpx.post, server.url + "/score", json={"texts": [LONG_TEXT] * 32}, timeout=120
+                )
+                sequence = 0
+                while not scoring.done():
+                    sequence += 1
+                    socket.send(protocol.encode(protocol.Heartbeat(sequence)))
+                    if socket.poll(100):
+                        replies.append(protocol.decode_heartbeat_reply(socket.recv()))
+                assert scoring.result().status_code == 200
+        finally:
+            socket.close()
+            context.term()
+        # Answered from inside a batch (the busy loop was in a step), not only between batches.
+        assert any(reply.busy_s > 0.05 for reply in replies)
+        assert {reply.pid for reply in replies} == set(supervisor.pids())
+        assert supervisor.restarts() == 0
+
+
 def test_two_engines_share_the_work_and_one_dying_leaves_the_other_serving(tiny_roberta: Path) -> None:
     app = create_app(service_settings(tiny_roberta, devices=["cpu", "cpu"]))
     with serving(app) as server:
@@ -306,3 +375,53 @@ def test_long_texts_are_cut_before_tokenizing_with_the_same_ids_and_count(tiny_r
         tokenized = scorer.tokenize(texts, side)
         assert tokenized.ids == [e.ids for e in expected]
         assert tokenized.truncated == sum(1 for e in expected if e.overflowing)
+
+
+def test_admission_estimates_a_fair_share_finish_and_refuses_what_cannot_finish() -> None:
+    from reward_service.engine.admission import Admission, Queued, finish_s
+
+    # Round-robin: a 100-token request behind one of 1,000 waits for 100 of its tokens, not 1,000.
+    assert finish_s(100, [1000], tokens_per_s=100.0) == pytest.approx(2.0)
+    admission = Admission(cold_tokens=1000)
+    # No rate measured yet: an idle engine takes anything; a busy one only small work.
+    assert admission.refusal(50_000, 1.0, []) is None
+    assert admission.refusal(500, 1.0, [Queued(400, 10.0)]) is None
+    assert "no measured rate" in (admission.refusal(5_000, 1.0, [Queued(400, 10.0)]) or "")
+    admission.observe(tokens=1000, seconds=1.0)  # 1,000 tokens/s
+    assert admission.refusal(500, 1.0, []) is None
+    assert "past its deadline" in (admission.refusal(5_000, 2.0, []) or "")
+    assert admission.refusal(5_000, None, []) is None  # no deadline: never refused for time
+    # On time alone (5 s of work, 6 s left) but not with a newcomer taking half the engine.
+    assert "already admitted" in (admission.refusal(5_000, 60.0, [Queued(5_000, 6.0)]) or "")
+    # An admitted request that is late anyway is no reason to refuse the next one.
+    assert admission.refusal(5_000, 60.0, [Queued(5_000, 1.0)]) is None
+
+
+def test_a_request_that_cannot_finish_before_its_deadline_is_refused_at_once(slow_roberta: Path) -> None:
+    app = create_app(service_settings(slow_roberta, retry_after_s=2, max_items_per_request=1024))
+    with serving(app) as server:
+        # One request first, so the engine has measured its rate (and this test the machine's).
+        started = time.monotonic()
+        warm = httpx.post(server.url + "/score", json={"texts": [LONG_TEXT] * 16}, timeout=120)
+        assert warm.status_code == 200
+        sixteen_s = time.monotonic() - started
+        # 64 times that work, with a quarter of the time it needs: refused before any of it runs
+        # (a 503 at once, not a 504 at the deadline). The budget is many times what tokenizing it takes.
+        refused = httpx.post(
+            server.url + "/score",
+            json={"texts": [LONG_TEXT] * 1024},
+            headers={"X-Reward-Timeout-Ms": str(int(16 * sixteen_s * 1000))},
+            timeout=120,
+        )
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+        assert "before its deadline" in refused.json()["detail"] and "scores" not in refused.json()
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'reward_requests_total{route="/score",scorer="roberta-hate",status="503"} 1.0' in metrics
+        # The same work with time enough is admitted.
+        fits = httpx.post(
+            server.url + "/score",
+            json={"texts": [LONG_TEXT] * 16},
+            headers={"X-Reward-Timeout-Ms": "120000"},
+            timeout=130,
+        )
+        assert fits.status_code == 200

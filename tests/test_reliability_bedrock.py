@@ -34,7 +34,7 @@ def test_thirty_percent_throttling_still_scores_every_text(fake_bedrock: FakeBed
     fake_bedrock.handler = handler
     texts = [f"Message {i}: I like you." if i % 2 else f"Message {i}: I hate you." for i in range(40)]
     settings = bedrock_settings(
-        fake_bedrock, bedrock_max_attempts=3, bedrock_retry_total_s=30, bedrock_max_concurrency=16
+        fake_bedrock, bedrock_max_attempts=8, bedrock_retry_total_s=30, bedrock_max_concurrency=16
     )
     with serving(create_app(settings)) as server:
         response = httpx.post(server.url + "/score", json={"texts": texts}, timeout=120)

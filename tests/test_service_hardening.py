@@ -167,3 +167,52 @@ def test_requests_past_the_shutdown_grace_period_get_503_and_the_process_exits_0
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.parametrize("value", ["9" * 400, "+5000", "1_000", "\u0665000", "0", "-1", "1e3"])
+def test_a_bad_timeout_header_is_a_422_not_a_scorer_failure(live_service: LiveServer, value: str) -> None:
+    response = post(
+        live_service, "/score", {"texts": ["a"]}, headers={"X-Reward-Timeout-Ms": value.encode("utf-8")}
+    )
+    assert response.status_code == 422 and "X-Reward-Timeout-Ms" in response.json()["detail"]
+    assert len(response.json()["detail"]) < 300  # a 400-digit value is not echoed in full
+    metrics = httpx.get(live_service.url + "/metrics").text
+    assert 'route="/score",scorer="roberta-hate",status="500"' not in metrics
+
+
+def _count(metrics: str, route: str, scorer: str, status: int) -> float:
+    line = f'reward_requests_total{{route="{route}",scorer="{scorer}",status="{status}"}} '
+    return next((float(row.removeprefix(line)) for row in metrics.splitlines() if row.startswith(line)), 0.0)
+
+
+def test_every_answer_is_counted_with_its_real_status(tiny_roberta: Path) -> None:
+    settings = service_settings(tiny_roberta, api_key="k3y", max_body_bytes=10_000)
+    key = {"Authorization": "Bearer k3y"}
+    raw = {**key, "content-type": "application/json"}
+    with serving(create_app(settings)) as server:
+
+        def metrics() -> str:
+            return httpx.get(server.url + "/metrics", headers=key).text
+
+        assert post(server, "/score", {"texts": ["a"]}).status_code == 401
+        assert post(server, "/score/roberta-hate", {"texts": ["a"]}).status_code == 401
+        assert httpx.post(server.url + "/score", content=b'{"texts": [', headers=raw).status_code in (
+            400,
+            422,
+        )
+        assert post(server, "/score", {"texts": "not a list"}, headers=key).status_code == 422
+        assert post(server, "/score", {"texts": ["a" * 20_000]}, headers=key).status_code == 413
+        assert post(server, "/score", {"texts": ["a"]}, headers=key).status_code == 200
+        assert post(server, "/score/nope", {"texts": "x"}, headers=key).status_code == 422
+        assert httpx.get(server.url + "/score", headers=key).status_code == 405  # not a scoring answer
+        counted = metrics()
+        assert _count(counted, "/score", "roberta-hate", 401) == 1
+        assert _count(counted, "/score/{scorer}", "roberta-hate", 401) == 1
+        parse_failures = _count(counted, "/score", "roberta-hate", 400) + _count(
+            counted, "/score", "roberta-hate", 422
+        )
+        assert parse_failures == 2
+        assert _count(counted, "/score", "roberta-hate", 413) == 1
+        assert _count(counted, "/score", "roberta-hate", 200) == 1
+        assert _count(counted, "/score/{scorer}", "unknown", 422) == 1
+        assert "405" not in "".join(r for r in counted.splitlines() if r.startswith("reward_requests_total"))

@@ -50,6 +50,8 @@ class EngineClient:
         self._waiting: dict[int, asyncio.Future[protocol.FromEngine]] = {}
         self._items: dict[int, int] = {}
         self.status: protocol.EngineStatus | None = None
+        # The engine's throughput as its last answer gave it; None until one did.
+        self.tokens_per_s: float | None = None
         self._connected = False
         self._tasks: list[asyncio.Task[None]] = []
         self._socket: zmq.asyncio.Socket | None = None
@@ -93,11 +95,17 @@ class EngineClient:
         if self._monitor is not None:
             self._monitor.close()
 
-    async def score(self, token_ids: bytes, lengths: list[int]) -> EngineScores:
-        """One row of logits per sequence; raises a ServiceError (503 when a retry can help)."""
+    async def score(self, token_ids: bytes, lengths: list[int], budget_s: float = 0.0) -> EngineScores:
+        """One row of logits per sequence; raises a ServiceError (503 when a retry can help).
+
+        With `budget_s` (seconds left before the request's deadline), the engine refuses at once
+        (503) a request it cannot finish in time."""
         sent = time.perf_counter()
-        answer = await self._call(protocol.ScoreItems(next(self._ids), token_ids, lengths), len(lengths))
+        message = protocol.ScoreItems(next(self._ids), token_ids, lengths, budget_s)
+        answer = await self._call(message, len(lengths))
         if isinstance(answer, protocol.ScoredItems):
+            if answer.tokens_per_s > 0:
+                self.tokens_per_s = answer.tokens_per_s
             queue_s = max(0.0, time.perf_counter() - sent - answer.inference_s)
             return EngineScores(protocol.unpack_logits(answer), queue_s, answer.inference_s)
         raise self._error(answer)

@@ -8,6 +8,8 @@ JSON parsing, HTTP or tokenization (those run in the front-end processes). The l
 
 Launching batch k+1 before collecting batch k lets a GPU run one batch while the next is padded
 and copied. The model loads in a background thread so that status queries are answered meanwhile.
+Another thread answers heartbeats on a socket of its own (see `protocol.Heartbeat`): it needs the
+GIL only for a moment, which PyTorch's ops release, so a long batch does not delay its replies.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import zmq
 
 from reward_service.allocator import release_freed_memory
 from reward_service.engine import protocol
+from reward_service.engine.admission import Admission, Queued
 from reward_service.engine.metrics import EngineMetrics
 from reward_service.engine.model_runner import (
     LaunchedBatch,
@@ -35,7 +38,7 @@ from reward_service.engine.model_runner import (
     resolve_dtype,
 )
 from reward_service.engine.protocol import EngineConfig, EngineFailure, FailureKind
-from reward_service.engine.scheduler import BatchItem, FairScheduler, QueuedRequest
+from reward_service.engine.scheduler import WINDOW_BATCHES, BatchItem, FairScheduler, QueuedRequest
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ class EngineCore:
         self.metrics = EngineMetrics(config.scorer)
         self.scheduler = FairScheduler(config.max_batch_tokens, config.max_batch_items, config.queue_capacity)
         self._requests: dict[tuple[bytes, int], QueuedRequest] = {}
+        self.admission = Admission(cold_tokens=WINDOW_BATCHES * config.max_batch_tokens)
+        self._last_completed = 0.0
         self._batches: deque[list[BatchItem]] = deque()
         self._runner: ModelRunner | None = None
         self._state: protocol.EngineState = "loading"
@@ -65,19 +70,29 @@ class EngineCore:
         self._stopping = False
         self._ran_since_trim = False
         self._parent = os.getppid()
+        # When the busy loop's current step began; None while it waits for messages.
+        self._busy_since: float | None = None
+        self._serving = True
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 1000)
 
     def serve(self) -> None:
         self._bind()
+        heartbeats = self._heartbeat_socket()
+        heartbeat_thread = threading.Thread(
+            target=self._answer_heartbeats, args=(heartbeats,), name="engine-heartbeat", daemon=True
+        )
+        heartbeat_thread.start()
         threading.Thread(target=self._load, name="engine-load", daemon=True).start()
         log.info(
             "engine for %s listening on %s (pid %d)", self.config.scorer, self.config.address, os.getpid()
         )
         in_flight: _InFlight | None = None
         while not self._finished(in_flight):
+            self._busy_since = None
             self._receive(self._poll_timeout_ms(in_flight))
+            self._busy_since = time.monotonic()
             self._form_window()
             if in_flight is not None and not in_flight.launched.asynchronous:
                 # Its logits are ready already (CPU): send them before running the next batch.
@@ -88,6 +103,8 @@ class EngineCore:
                 self._complete(in_flight)
             in_flight = launched
             self.metrics.queue_depth.set(self.scheduler.waiting_items + sum(map(len, self._batches)))
+        self._serving = False
+        heartbeat_thread.join()
         self._socket.close()
         self._context.term()
 
@@ -100,6 +117,34 @@ class EngineCore:
         if path != self.config.address and os.path.exists(path):
             os.unlink(path)  # left behind by an engine that died on this address
         self._socket.bind(self.config.address)
+
+    def _heartbeat_socket(self) -> zmq.Socket[bytes]:
+        socket = self._context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.LINGER, 0)
+        address = protocol.heartbeat_address(self.config.address)
+        path = address.removeprefix("ipc://")
+        if path != address and os.path.exists(path):
+            os.unlink(path)
+        socket.bind(address)
+        return socket
+
+    def _answer_heartbeats(self, socket: zmq.Socket[bytes]) -> None:
+        pid = os.getpid()
+        while self._serving:
+            if not socket.poll(IDLE_POLL_MS):
+                continue
+            client, frame = socket.recv_multipart()
+            try:
+                beat = protocol.decode_heartbeat(frame)
+            except Exception:  # noqa: BLE001 - a malformed frame must not stop the heartbeat
+                continue
+            since = self._busy_since
+            busy_s = 0.0 if since is None else time.monotonic() - since
+            ready = self._state == "ready"
+            socket.send_multipart(
+                [client, protocol.encode(protocol.HeartbeatReply(beat.sequence, pid, busy_s, ready))]
+            )
+        socket.close()
 
     def _load(self) -> None:
         try:
@@ -188,7 +233,19 @@ class EngineCore:
         if len(token_ids) != sum(message.lengths) or min(message.lengths, default=1) < 1:
             self._send(client, EngineFailure(message.request_id, "model_error", "malformed ScoreItems"))
             return
-        request = QueuedRequest(client, message.request_id, token_ids, message.lengths)
+        now = time.monotonic()
+        deadline = now + message.budget_s if message.budget_s > 0 else None
+        queued = [
+            Queued(r.remaining_tokens, None if r.deadline is None else r.deadline - now)
+            for r in self._requests.values()
+        ]
+        why = self.admission.refusal(len(token_ids), message.budget_s or None, queued)
+        if why is not None:
+            self.metrics.rejected.inc(len(message.lengths))
+            detail = f"scorer '{self.config.scorer}' cannot score this request before its deadline: {why}"
+            self._send(client, EngineFailure(message.request_id, "overloaded", detail))
+            return
+        request = QueuedRequest(client, message.request_id, token_ids, message.lengths, deadline=deadline)
         if not self.scheduler.add(request):
             self.metrics.rejected.inc(len(message.lengths))
             detail = (
@@ -242,9 +299,17 @@ class EngineCore:
             self._fail(in_flight.items, exc)
             return
         finally:
-            self.metrics.batch_latency.observe(time.monotonic() - in_flight.started)
+            now = time.monotonic()
+            self.metrics.batch_latency.observe(now - in_flight.started)
+        # The engine's time for this batch: since it started, or since the one before finished
+        # (a GPU runs the next batch while this one is collected).
+        self.admission.observe(
+            sum(item.length for item in in_flight.items), now - max(in_flight.started, self._last_completed)
+        )
+        self._last_completed = now
         for item, row in zip(in_flight.items, logits, strict=True):
             request = item.request
+            request.remaining_tokens -= item.length
             if request.cancelled:
                 continue
             if request.logits is None:
@@ -255,7 +320,11 @@ class EngineCore:
                 self._requests.pop(request.key, None)
                 inference_s = time.monotonic() - (request.first_batch_started or in_flight.started)
                 scored = protocol.ScoredItems(
-                    request.request_id, request.logits.tobytes(), logits.shape[1], inference_s
+                    request.request_id,
+                    request.logits.tobytes(),
+                    logits.shape[1],
+                    inference_s,
+                    self.admission.tokens_per_s or 0.0,
                 )
                 self._send(request.client, scored)
 

@@ -7,6 +7,11 @@ spends its time converting numbers one by one.
 
 Front end -> engine: `ScoreItems`, `CancelItems`, `StatusQuery`.
 Engine -> front end: `ScoredItems` or `EngineFailure` (one per `ScoreItems`), `EngineStatus`.
+
+Liveness has a socket of its own (`heartbeat_address`): a thread of the engine answers each
+`Heartbeat` with a `HeartbeatReply` at once, even while a long batch runs, so that a reply that
+does not come means a frozen process (SIGSTOP, swapped out, hung in the kernel), and the reply
+says how long the busy loop has been inside one step (a batch hung on its device).
 """
 
 from __future__ import annotations
@@ -21,11 +26,15 @@ LOGIT_DTYPE = np.dtype("<f4")
 
 
 class ScoreItems(msgspec.Struct, tag=True, frozen=True):
-    """Score `len(lengths)` token sequences, packed one after the other in `token_ids`."""
+    """Score `len(lengths)` token sequences, packed one after the other in `token_ids`.
+
+    `budget_s`: seconds until the front end stops waiting (0: no deadline); the engine refuses the
+    request at once if it cannot finish in time (see `admission`)."""
 
     request_id: int
     token_ids: bytes
     lengths: list[int]
+    budget_s: float = 0.0
 
 
 class CancelItems(msgspec.Struct, tag=True, frozen=True):
@@ -50,6 +59,7 @@ class ScoredItems(msgspec.Struct, tag=True, frozen=True):
     logits: bytes
     num_labels: int
     inference_s: float = 0.0
+    tokens_per_s: float = 0.0
 
 
 FailureKind = Literal["overloaded", "not_ready", "shutting_down", "model_error"]
@@ -89,6 +99,25 @@ class EngineConfig(msgspec.Struct, frozen=True):
     queue_capacity: int
 
 
+class Heartbeat(msgspec.Struct, tag=True, frozen=True):
+    sequence: int
+
+
+class HeartbeatReply(msgspec.Struct, tag=True, frozen=True):
+    """`busy_s`: how long the busy loop has been in its current step (0 when it is waiting);
+    `ready`: the model has loaded."""
+
+    sequence: int
+    pid: int
+    busy_s: float
+    ready: bool = False
+
+
+def heartbeat_address(address: str) -> str:
+    """The heartbeat socket next to an engine's work socket (`ipc://x.sock` -> `ipc://x.sock.hb`)."""
+    return f"{address}.hb"
+
+
 ToEngine = ScoreItems | CancelItems | StatusQuery
 FromEngine = ScoredItems | EngineFailure | EngineStatus
 
@@ -97,7 +126,11 @@ _to_engine = msgspec.msgpack.Decoder(ToEngine)
 _from_engine = msgspec.msgpack.Decoder(FromEngine)
 
 
-def encode(message: ToEngine | FromEngine) -> bytes:
+_heartbeat = msgspec.msgpack.Decoder(Heartbeat)
+_heartbeat_reply = msgspec.msgpack.Decoder(HeartbeatReply)
+
+
+def encode(message: ToEngine | FromEngine | Heartbeat | HeartbeatReply) -> bytes:
     return _encoder.encode(message)
 
 
@@ -107,6 +140,14 @@ def decode_to_engine(frame: bytes) -> ToEngine:
 
 def decode_from_engine(frame: bytes) -> FromEngine:
     return _from_engine.decode(frame)
+
+
+def decode_heartbeat(frame: bytes) -> Heartbeat:
+    return _heartbeat.decode(frame)
+
+
+def decode_heartbeat_reply(frame: bytes) -> HeartbeatReply:
+    return _heartbeat_reply.decode(frame)
 
 
 def pack_token_ids(sequences: list[list[int]]) -> tuple[bytes, list[int]]:

@@ -36,11 +36,16 @@ class QueuedRequest:
     logits: np.ndarray | None = None
     unfinished: int = field(init=False)
     cancelled: bool = False
+    # When the front end stops waiting for it (`time.monotonic()` of this process), if it said.
+    deadline: float | None = None
+    # Tokens of the items not scored yet.
+    remaining_tokens: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.offsets = np.concatenate(([0], np.cumsum(self.lengths[:-1], dtype=np.int64))).tolist()
         self.waiting = deque(range(len(self.lengths)))
         self.unfinished = len(self.lengths)
+        self.remaining_tokens = sum(self.lengths)
 
     @property
     def key(self) -> tuple[bytes, int]:

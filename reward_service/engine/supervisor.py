@@ -1,9 +1,18 @@
-"""EngineSupervisor: starts one engine process per device, restarts one that dies, stops them all.
+"""EngineSupervisor: starts one engine process per device, restarts one that dies or freezes, stops
+them all.
 
 Engines run in their own session, so a Ctrl-C meant for the server does not stop them before the
 front end has drained; they exit on their own if the supervising process disappears. A watcher
 thread, asleep between checks, restarts a dead engine on the same socket path (front ends
-reconnect by themselves) after a back-off that grows while it keeps dying young.
+reconnect by themselves): at once if it had loaded its model (a crash, the OOM killer, a freeze),
+else after a back-off that grows while it keeps dying before it is ready (a model that cannot
+load), as it does for one that dies within HEALTHY_LIFETIME_S of its start.
+
+The same thread sends each engine a heartbeat every HEARTBEAT_INTERVAL_S. An engine that has
+answered once and then leaves heartbeats unanswered for `heartbeat_timeout_s` (stopped, or frozen),
+or whose busy loop has been inside one step for `stall_timeout_s` (a batch hung on its device), is
+SIGKILLed: its front ends see the socket close, answer its requests with 503 and report not ready,
+and it is restarted like an engine that died.
 """
 
 from __future__ import annotations
@@ -20,16 +29,19 @@ import time
 from dataclasses import dataclass, field
 
 import msgspec
+import zmq
 from prometheus_client import multiprocess
 
+from reward_service.engine import protocol
 from reward_service.engine.protocol import EngineConfig
 
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL_S = 0.2
-# An engine that lived this long before dying is restarted at once; younger deaths back off.
+# An engine that was ready, or lived this long, is restarted at once; other deaths back off.
 HEALTHY_LIFETIME_S = 30.0
 MAX_BACKOFF_S = 30.0
+HEARTBEAT_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -40,6 +52,14 @@ class _Engine:
     backoff_s: float = 0.0
     restart_at: float | None = None
     restarts: int = 0
+    heartbeat: zmq.Socket[bytes] | None = None
+    # When this process last answered a heartbeat; None until it has answered once.
+    answered: float | None = None
+    beat_sent: float = 0.0
+    sequence: int = 0
+    busy_s: float = 0.0
+    # The process reported its model loaded (in a heartbeat reply).
+    was_ready: bool = False
 
 
 @dataclass
@@ -51,11 +71,14 @@ class EngineSupervisor:
     metrics_dir: str
     log_level: str = "info"
     log_format: str = "text"
+    heartbeat_timeout_s: float = 3.0
+    stall_timeout_s: float = 120.0
     runtime_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="reward-engines-"))
     _engines: list[_Engine] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _watcher: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _zmq: zmq.Context[zmq.Socket[bytes]] = field(default_factory=zmq.Context)
 
     def __post_init__(self) -> None:
         self._engines = [
@@ -88,6 +111,10 @@ class EngineSupervisor:
         self._stopping.set()
         if self._watcher is not None:
             self._watcher.join()
+        for engine in self._engines:
+            if engine.heartbeat is not None:
+                engine.heartbeat.close()
+        self._zmq.term()
         processes = [e.process for e in self._engines if e.process is not None and e.process.poll() is None]
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -114,12 +141,64 @@ class EngineSupervisor:
         with self._lock:
             engine.process = subprocess.Popen(command, env=env, start_new_session=True)
             engine.started = time.monotonic()
+            engine.answered = None
+            engine.busy_s = 0.0
+            engine.was_ready = False
         log.info("started engine pid %d for %s on %s", engine.process.pid, self.scorer, engine.config.device)
 
     def _watch(self) -> None:
         while not self._stopping.wait(CHECK_INTERVAL_S):
             for engine in self._engines:
                 self._check(engine)
+                self._check_heartbeat(engine)
+
+    def _check_heartbeat(self, engine: _Engine) -> None:
+        process = engine.process
+        if process is None or process.poll() is not None or engine.restart_at is not None:
+            return
+        if engine.heartbeat is None:
+            engine.heartbeat = self._zmq.socket(zmq.DEALER)
+            engine.heartbeat.setsockopt(zmq.LINGER, 0)
+            # Beats are sent only over a live connection, not queued for an engine still starting.
+            engine.heartbeat.setsockopt(zmq.IMMEDIATE, 1)
+            engine.heartbeat.connect(protocol.heartbeat_address(engine.config.address))
+        now = time.monotonic()
+        while engine.heartbeat.poll(0):
+            try:
+                reply = protocol.decode_heartbeat_reply(engine.heartbeat.recv())
+            except Exception:  # noqa: BLE001 - a malformed frame is no sign of life
+                continue
+            if reply.pid == process.pid:  # not a late reply of the engine this one replaced
+                engine.answered, engine.busy_s = now, reply.busy_s
+                engine.was_ready = engine.was_ready or reply.ready
+        if engine.answered is not None:
+            silent_s = now - engine.answered
+            if silent_s > self.heartbeat_timeout_s:
+                self._kill_frozen(engine, f"answered no heartbeat for {silent_s:.1f}s")
+                return
+            if engine.busy_s > self.stall_timeout_s:
+                self._kill_frozen(engine, f"has been inside one step of its loop for {engine.busy_s:.0f}s")
+                return
+        if now - engine.beat_sent >= HEARTBEAT_INTERVAL_S:
+            engine.sequence += 1
+            engine.beat_sent = now
+            try:
+                engine.heartbeat.send(protocol.encode(protocol.Heartbeat(engine.sequence)), zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # not connected yet (the engine is starting): no beat to miss
+
+    def _kill_frozen(self, engine: _Engine, why: str) -> None:
+        assert engine.process is not None
+        log.error(
+            "engine pid %d for %s on %s %s; killing it to restart it",
+            engine.process.pid,
+            self.scorer,
+            engine.config.device,
+            why,
+        )
+        engine.process.kill()  # SIGKILL: it ends a stopped process too
+        engine.process.wait()
+        engine.answered = None
 
     def _check(self, engine: _Engine) -> None:
         now = time.monotonic()
@@ -134,9 +213,8 @@ class EngineSupervisor:
             return
         multiprocess.mark_process_dead(process.pid, self.metrics_dir)
         lived = now - engine.started
-        engine.backoff_s = (
-            0.0 if lived > HEALTHY_LIFETIME_S else min(MAX_BACKOFF_S, max(1.0, 2 * engine.backoff_s))
-        )
+        healthy = engine.was_ready or lived > HEALTHY_LIFETIME_S
+        engine.backoff_s = 0.0 if healthy else min(MAX_BACKOFF_S, max(1.0, 2 * engine.backoff_s))
         log.error(
             "engine pid %d for %s on %s exited with code %s after %.1fs; restarting in %.0fs",
             process.pid,

@@ -1,22 +1,30 @@
 """BedrockJudge: Claude on Amazon Bedrock rates each text, through the Converse API.
 
-Data path: texts -> distinct texts not in the LRU cache -> thread pool of REWARD_BEDROCK_MAX_CONCURRENCY
-workers sharing one boto3 client (its connection pool has as many slots) -> `converse` with temperature 0
-and a forced tool call whose schema is one number -> the number, checked against the template's range
--> x scale + offset. Transient faults are retried by botocore (adaptive mode), then by tenacity within
-REWARD_BEDROCK_RETRY_TOTAL_S; a text that still fails makes the whole request fail (502/504), because
-an invented number must never reach a trainer.
+Data path: texts -> distinct texts not in the LRU cache -> worker threads, at most
+REWARD_BEDROCK_MAX_CONCURRENCY at once for live requests, sharing one boto3 client -> `converse` with
+temperature 0 and a forced tool call whose schema is one number -> the number, checked against the
+template's range -> x scale + offset. A reply with more than one such call, or with keys besides
+`score`, is ambiguous and fails like any malformed one (424).
+
+Retries have one layer, here: botocore makes one attempt per call, and tenacity retries transient
+faults with exponential backoff and full jitter for at most REWARD_BEDROCK_MAX_ATTEMPTS attempts, within
+REWARD_BEDROCK_RETRY_TOTAL_S of the first and never past the request's deadline. A text that still
+fails makes the whole request fail (502/504), because an invented number must never reach a trainer.
+
+When a request ends early (its deadline, the client gone), its calls not yet started never start,
+its retries stop, and the calls already on the wire are abandoned to finish in their threads
+without holding the concurrency that later requests get.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
+import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Literal
 
 import anyio
@@ -35,9 +43,9 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
+    stop_after_attempt,
     stop_after_delay,
-    wait_exponential,
-    wait_random,
+    wait_random_exponential,
 )
 
 from reward_service.errors import NotReady, UpstreamFailed, UpstreamRejected, UpstreamTimeout
@@ -68,6 +76,9 @@ _TRANSIENT_CODES = {
 }
 _TIMEOUT_CODES = {"ModelTimeoutException"}
 _MESSAGE_CHARS = 300
+# The judge's retry waits: random, below a cap of 0.2 s that doubles per retry up to 8 s.
+RETRY_FIRST_CAP_S = 0.2
+RETRY_MAX_CAP_S = 8.0
 
 
 class JudgeFailure(Exception):
@@ -116,7 +127,7 @@ class BedrockJudge(Scorer):
         self._cache = ScoreCache(settings.bedrock_cache_size)
         self._template: JudgeTemplate | None = None
         self._client: BaseClient | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
         self._region: str | None = None
         self._state: Literal["loading", "ready", "failed"] = "loading"
         self._error: str | None = None
@@ -135,7 +146,7 @@ class BedrockJudge(Scorer):
             self._state = "failed"
             log.error("scorer %s: %s", self.name, self._error)
             return
-        self._pool = ThreadPoolExecutor(self._settings.bedrock_max_concurrency, thread_name_prefix=self.name)
+        self._limiter = anyio.CapacityLimiter(self._settings.bedrock_max_concurrency)
         self._state = "ready"
         log.info(
             "scorer %s ready: %s in %s, template %s, %d calls at once",
@@ -162,8 +173,10 @@ class BedrockJudge(Scorer):
         self._region = region
         config = Config(
             region_name=region,
-            retries={"mode": "adaptive", "max_attempts": s.bedrock_max_attempts},
-            max_pool_connections=s.bedrock_max_concurrency,
+            # One attempt: the judge retries, with a budget that knows the request's deadline.
+            retries={"mode": "standard", "total_max_attempts": 1},
+            # Room for the calls of requests that ended and are still finishing, besides live ones.
+            max_pool_connections=2 * s.bedrock_max_concurrency,
             connect_timeout=s.bedrock_connect_timeout_s,
             read_timeout=s.bedrock_read_timeout_s,
             user_agent_extra="rlaif-reward",
@@ -171,9 +184,7 @@ class BedrockJudge(Scorer):
         return session.client("bedrock-runtime", endpoint_url=s.bedrock_endpoint_url, config=config)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self._limiter = None
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -193,8 +204,8 @@ class BedrockJudge(Scorer):
         )
 
     async def score(self, texts: list[str], options: ScoreOptions) -> ScoreOutput:
-        pool, template = self._pool, self._template
-        if pool is None or template is None or not self.ready:
+        limiter, template = self._limiter, self._template
+        if limiter is None or template is None or not self.ready:
             raise NotReady(
                 f"scorer '{self.name}' is not ready: {self._error or self._state}",
                 self._settings.retry_after_s,
@@ -208,24 +219,22 @@ class BedrockJudge(Scorer):
         if answers:
             self._metrics.cache_hits.labels(self.name).inc(len(answers))
         todo = [text for text in keys if text not in answers]
-        loop = asyncio.get_running_loop()
-        # run_in_executor does not carry context variables into the thread; the request id must
-        # reach the log lines of the calls made for this request.
-        results = await asyncio.gather(
-            *(
-                loop.run_in_executor(
-                    pool,
-                    contextvars.copy_context().run,
-                    self._judge,
-                    text,
-                    template,
-                    keys[text],
-                    options.deadline,
-                )
-                for text in todo
-            ),
-            return_exceptions=True,
-        )
+        ended = threading.Event()  # the request is over: start no call or retry for it
+        # anyio copies the context into the thread, so the request id reaches the calls' log lines.
+        # On cancellation, abandon_on_cancel hands the limiter's slot back at once, while the
+        # thread finishes the call on the wire (bounded by the read timeout) on its own.
+        calls = [
+            anyio.to_thread.run_sync(
+                partial(self._judge, text, template, keys[text], options.deadline, ended),
+                abandon_on_cancel=True,
+                limiter=limiter,
+            )
+            for text in todo
+        ]
+        try:
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            ended.set()
         failures: dict[str, JudgeFailure] = {}
         for text, result in zip(todo, results, strict=True):
             if isinstance(result, JudgeFailure):
@@ -255,22 +264,42 @@ class BedrockJudge(Scorer):
         timeouts_only = all(f.timeout for f in failures.values())
         return UpstreamTimeout(detail) if timeouts_only else UpstreamFailed(detail)
 
-    def _judge(self, text: str, template: JudgeTemplate, key: tuple[str, str, str], deadline: float) -> float:
+    def _judge(
+        self,
+        text: str,
+        template: JudgeTemplate,
+        key: tuple[str, str, str],
+        deadline: float,
+        ended: threading.Event,
+    ) -> float:
         """The judge's number for one text (worker thread); JudgeFailure when there is none.
 
         Cached here rather than by the caller, so an answer is kept even when its request was cancelled.
-        No retry starts after the request's deadline (`time.monotonic()`): nobody would get its answer.
+        No retry starts after the request's deadline (`time.monotonic()`) or once the request has
+        `ended`: nobody would get its answer.
         """
+        if ended.is_set():
+            raise JudgeFailure("abandoned", "the request ended before the call", timeout=True)
         if time.monotonic() >= deadline:
             raise JudgeFailure("deadline", "the request's deadline passed before the call", timeout=True)
         try:
-            response = self._retrying(deadline)(self._converse, text, template)
+            out_of_time = threading.Event()  # set when the deadline, not the budget, stopped retries
+            response = self._retrying(deadline, ended, out_of_time)(self._converse, text, template)
             value = self._read(response, template)
         except JudgeFailure as failure:
             self._metrics.judge_calls.labels(self.name, failure.reason).inc()
             raise
         except (ClientError, BotoCoreError) as exc:
             failure = as_failure(exc)
+            if out_of_time.is_set() and not failure.permanent:
+                # Retrying could still have helped: the request ran out of time (504), it was not
+                # refused (502).
+                failure = JudgeFailure(
+                    "deadline",
+                    f"no time left for another retry before the request's deadline; last error "
+                    f"{failure.reason}: {failure.message}",
+                    timeout=True,
+                )
             self._metrics.judge_calls.labels(self.name, failure.reason).inc()
             raise failure from exc
         except Exception:
@@ -280,15 +309,22 @@ class BedrockJudge(Scorer):
         self._cache.put(key, value)
         return value
 
-    def _retrying(self, deadline: float) -> Retrying:
+    def _retrying(self, deadline: float, ended: threading.Event, out_of_time: threading.Event) -> Retrying:
         # A new controller per text: Retrying keeps per-call state and texts run on many threads.
         def past_deadline(state: RetryCallState) -> bool:
-            return time.monotonic() + (state.upcoming_sleep or 0.0) >= deadline
+            if ended.is_set() or time.monotonic() + (state.upcoming_sleep or 0.0) >= deadline:
+                out_of_time.set()
+                return True
+            return False
 
         return Retrying(
             retry=retry_if_exception(is_transient),
-            stop=stop_after_delay(self._settings.bedrock_retry_total_s) | past_deadline,
-            wait=wait_exponential(multiplier=0.5, max=8.0) + wait_random(0, 0.5),
+            stop=stop_after_attempt(self._settings.bedrock_max_attempts)
+            | stop_after_delay(self._settings.bedrock_retry_total_s)
+            | past_deadline,
+            # "Full jitter": a random wait below a cap that doubles per retry, so texts throttled
+            # together do not come back together, and a rare streak of refusals costs little.
+            wait=wait_random_exponential(multiplier=RETRY_FIRST_CAP_S, max=RETRY_MAX_CAP_S),
             before_sleep=self._count_retry,
             reraise=True,
         )
@@ -339,13 +375,19 @@ class BedrockJudge(Scorer):
             )
         try:
             content = _content_blocks(response)
-            for block in content:
-                tool = block.get("toolUse")
-                if isinstance(tool, dict) and tool.get("name") == TOOL_NAME:
-                    arguments = tool.get("input")
-                    if not isinstance(arguments, dict) or "score" not in arguments:
-                        raise MalformedReply(f"tool input {str(arguments)[:80]!r} has no 'score'")
-                    return template.check(arguments["score"])
+            tools = [block["toolUse"] for block in content if "toolUse" in block]
+            if len(tools) > 1:
+                raise MalformedReply(f"ambiguous: {len(tools)} tool calls, not one")
+            if tools:
+                tool = tools[0]
+                if not isinstance(tool, dict) or tool.get("name") != TOOL_NAME:
+                    raise MalformedReply(f"a tool call {str(tool)[:80]!r} that is not {TOOL_NAME}")
+                arguments = tool.get("input")
+                if not isinstance(arguments, dict) or "score" not in arguments:
+                    raise MalformedReply(f"tool input {str(arguments)[:80]!r} has no 'score'")
+                if set(arguments) != {"score"}:
+                    raise MalformedReply(f"ambiguous: tool input with keys {sorted(map(str, arguments))[:5]}")
+                return template.check(arguments["score"])
             text = "".join(str(block.get("text", "")) for block in content)
             if text.strip():
                 return parse_score_text(text, template)

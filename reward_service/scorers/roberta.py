@@ -21,10 +21,11 @@ import zmq.asyncio
 from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
+from reward_service.engine.admission import Queued, refusal_reason
 from reward_service.engine.client import EngineClient
 from reward_service.engine.protocol import EngineConfig, pack_token_ids
 from reward_service.engine.supervisor import EngineSupervisor
-from reward_service.errors import InputTooLong, NotReady
+from reward_service.errors import InputTooLong, NotReady, Overloaded
 from reward_service.metrics import ServiceMetrics
 from reward_service.model_source import check_model_source
 from reward_service.request_context import record_engine_call
@@ -39,6 +40,10 @@ REWARD_LABEL = "nothate"
 # this service meets (English averages about 4 per token); past it, characters are cut before
 # tokenizing. BOUNDARY_TOKENS: how far the window must stay from that cut for the ids to be exact.
 CHARS_PER_TOKEN = 8
+# For the admission estimate, before tokenizing: English BPE text runs about 4 characters a token.
+CHARS_PER_TOKEN_GUESS = 4
+# Tokenization rates are measured on requests this large or larger (small ones time overheads).
+MEASURED_TOKENIZE_TOKENS = 4096
 BOUNDARY_TOKENS = 16
 TOKENIZE_CHUNK = 64
 
@@ -87,6 +92,9 @@ class RobertaScorer(Scorer):
         self.max_tokens: int = 512
         self.label_names: list[str] = []
         self._reward_index = 0
+        # Requests this front end has taken on and not answered: estimated tokens, deadline.
+        self._pending: dict[object, tuple[int, float]] = {}
+        self._tokenize_tokens_per_s: float | None = None
 
     async def start(self) -> None:
         try:
@@ -225,8 +233,56 @@ class RobertaScorer(Scorer):
 
     async def score(self, texts: list[str], options: ScoreOptions) -> ScoreOutput:
         engine = self._pick_engine()
+        # 0: no deadline. Else at least a millisecond, so a deadline already past reads as one.
+        left_s = options.deadline - time.monotonic()
+        budget_s = max(1e-3, left_s) if math.isfinite(left_s) else 0.0
+        estimate = sum(min(self.max_tokens, len(text) // CHARS_PER_TOKEN_GUESS + 2) for text in texts)
+        self._admit(engine, estimate, budget_s)
+        key = object()
+        self._pending[key] = (estimate, options.deadline)
+        try:
+            return await self._score(engine, texts, options)
+        finally:
+            del self._pending[key]
+
+    def _admit(self, engine: EngineClient, estimate: int, budget_s: float) -> None:
+        """Refuse before tokenizing (503) a request that cannot finish before its deadline, given the
+        work this front end has already taken on: tokenization and the engine's round trip both
+        depend on it, and the engine checks again with the exact token count."""
+        rate = self._rate(engine)
+        if rate is None:
+            return
+        now = time.monotonic()
+        queued = [
+            Queued(tokens, deadline - now if math.isfinite(deadline) else None)
+            for tokens, deadline in self._pending.values()
+        ]
+        why = refusal_reason(estimate, budget_s or None, queued, rate)
+        if why is not None:
+            raise Overloaded(
+                f"scorer '{self.name}' cannot score this request before its deadline: {why}",
+                self._settings.retry_after_s,
+            )
+
+    def _rate(self, engine: EngineClient) -> float | None:
+        """Tokens per second through tokenization and the engine, once both were measured."""
+        if engine.tokens_per_s is None or self._tokenize_tokens_per_s is None:
+            return None
+        return 1 / (1 / engine.tokens_per_s + 1 / self._tokenize_tokens_per_s)
+
+    def _timed_tokenize(self, texts: list[str], side: TruncationSide) -> Tokenized:
         started = time.perf_counter()
-        tokenized = await anyio.to_thread.run_sync(self.tokenize, texts, options.truncation_side)
+        tokenized = self.tokenize(texts, side)
+        tokens, seconds = sum(map(len, tokenized.ids)), time.perf_counter() - started
+        if tokens >= MEASURED_TOKENIZE_TOKENS and seconds > 0:
+            rate = tokens / seconds
+            previous = self._tokenize_tokens_per_s
+            self._tokenize_tokens_per_s = rate if previous is None else 0.8 * previous + 0.2 * rate
+        return tokenized
+
+    async def _score(self, engine: EngineClient, texts: list[str], options: ScoreOptions) -> ScoreOutput:
+        started = time.perf_counter()
+        tokenized = await anyio.to_thread.run_sync(self._timed_tokenize, texts, options.truncation_side)
         if not options.truncate and tokenized.first_truncated is not None:
             raise InputTooLong(
                 f"input {tokenized.first_truncated} is longer than the model's window of {self.max_tokens} "
@@ -234,7 +290,8 @@ class RobertaScorer(Scorer):
             )
         token_ids, lengths = pack_token_ids(tokenized.ids)
         tokenization_s = time.perf_counter() - started
-        result = await engine.score(token_ids, lengths)
+        left_s = options.deadline - time.monotonic()
+        result = await engine.score(token_ids, lengths, max(1e-3, left_s) if math.isfinite(left_s) else 0.0)
         record_engine_call(tokenization_s, result.queue_s, result.inference_s)
         logits = result.logits
         self._metrics.truncated.labels(self.name).inc(tokenized.truncated)

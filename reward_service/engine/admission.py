@@ -1,0 +1,92 @@
+"""Admission by work: refuse at once a request that cannot be scored before its deadline.
+
+The engine measures the tokens per second it scores (a moving average over batches). A request
+arriving with a budget (the seconds left before its deadline) is estimated under the engine's fair
+round-robin: while R requests are queued, each gets about an equal share, so a request with `t`
+tokens left finishes after `t + sum(min(t_j, t))` tokens of work, over the other requests' `t_j`.
+It is refused (503 + Retry-After at the front end) when its own estimate is past its budget, or
+when taking it would push a request already admitted, still on time, past its own deadline: the
+requests admitted are the ones that finish, instead of every one of them missing its deadline.
+
+Before the first batch has given a rate, a request is admitted only if the queue holds less than
+a few batches' work, so a cold engine does not admit a burst of huge requests it cannot finish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Weight of the newest batch in the moving average of tokens per second.
+RATE_SMOOTHING = 0.2
+# Refuse only when the estimate is past the budget by this factor: the estimate is rough, and a
+# refusal of work that would have finished wastes as much as a 504.
+ESTIMATE_MARGIN = 1.1
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A request already admitted: tokens not yet scored, seconds left before its deadline (None:
+    it has no deadline)."""
+
+    tokens: int
+    seconds_left: float | None
+
+
+def finish_s(tokens: int, others: list[int], tokens_per_s: float) -> float:
+    """Seconds until a request with `tokens` left finishes, sharing the engine fairly with `others`."""
+    return (tokens + sum(min(other, tokens) for other in others)) / tokens_per_s
+
+
+class Admission:
+    def __init__(self, cold_tokens: int) -> None:
+        self.tokens_per_s: float | None = None
+        self._cold_tokens = cold_tokens
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        """A batch of `tokens` real (unpadded) tokens took `seconds` of the engine's time."""
+        if tokens <= 0 or seconds <= 0:
+            return
+        rate = tokens / seconds
+        self.tokens_per_s = (
+            rate
+            if self.tokens_per_s is None
+            else (1 - RATE_SMOOTHING) * self.tokens_per_s + RATE_SMOOTHING * rate
+        )
+
+    def refusal(self, tokens: int, budget_s: float | None, queued: list[Queued]) -> str | None:
+        """Why a request of `tokens` with `budget_s` seconds left must be refused now, or None."""
+        rate = self.tokens_per_s
+        if rate is None:
+            waiting = sum(q.tokens for q in queued)
+            if queued and waiting + tokens > self._cold_tokens:
+                return f"{waiting} tokens are queued and the engine has no measured rate yet"
+            return None
+        return refusal_reason(tokens, budget_s, queued, rate)
+
+
+def refusal_reason(
+    tokens: int, budget_s: float | None, queued: list[Queued], tokens_per_s: float
+) -> str | None:
+    """Why a request of `tokens` with `budget_s` seconds left cannot be taken at `tokens_per_s`
+    while `queued` requests share the work fairly, or None."""
+    rate = tokens_per_s
+    others = [q.tokens for q in queued]
+    if budget_s is not None:
+        own = finish_s(tokens, others, rate)
+        if own > ESTIMATE_MARGIN * budget_s:
+            return (
+                f"its {tokens} tokens would be scored in about {own:.1f}s at {rate:.0f} tokens/s "
+                f"behind {sum(others)} queued tokens, past its deadline in {budget_s:.1f}s"
+            )
+    for index, request in enumerate(queued):
+        if request.seconds_left is None:
+            continue
+        rest = others[:index] + others[index + 1 :]
+        before = finish_s(request.tokens, rest, rate)
+        after = before + min(tokens, request.tokens) / rate
+        if before <= request.seconds_left < after / ESTIMATE_MARGIN:
+            return (
+                f"taking it would make a request already admitted miss its deadline in "
+                f"{request.seconds_left:.1f}s"
+            )
+    return None
