@@ -19,6 +19,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
         "transformers",
         "tokenizers",
         "fastapi",
+        "anyio",
         "uvicorn",
         "pydantic_settings",
         "prometheus_client",
