@@ -136,6 +136,22 @@ def test_a_default_model_that_cannot_load_stops_the_process_with_the_reason(
     assert "the default scorer 'roberta-hate' cannot load" in log.read_text()
 
 
+def wait_for_enqueued_items(url: str, items: int, timeout_s: float = 60) -> None:
+    """Until the engines have taken `items` items: those batched so far plus those still queued."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = httpx.get(url + "/metrics", timeout=5).text
+        found = sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith(("reward_batch_size_sum", "reward_queue_depth{"))
+        )
+        if found >= items:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the engines did not take {items} items within {timeout_s} s")
+
+
 def test_requests_past_the_shutdown_grace_period_get_503_and_the_process_exits_0(
     slow_roberta: Path, tmp_path: Path
 ) -> None:
@@ -155,7 +171,9 @@ def test_requests_past_the_shutdown_grace_period_get_503_and_the_process_exits_0
             futures = [
                 pool.submit(httpx.post, url, json={"texts": [LONG_TEXT] * 16}, timeout=60) for _ in range(6)
             ]
-            time.sleep(0.5)
+            # SIGTERM only once every request is in the engine (items batched + items waiting), so
+            # that none is refused at connect by a machine slower to send them than the test.
+            wait_for_enqueued_items(f"http://127.0.0.1:{port}", 6 * 16)
             process.send_signal(signal.SIGTERM)
             answers = [f.result() for f in futures]
         statuses = sorted(a.status_code for a in answers)
