@@ -397,6 +397,20 @@ def test_admission_estimates_a_fair_share_finish_and_refuses_what_cannot_finish(
     assert admission.refusal(5_000, 60.0, [Queued(5_000, 1.0)]) is None
 
 
+def test_small_batches_do_not_make_large_requests_look_too_slow_to_admit() -> None:
+    from reward_service.engine.admission import Admission
+
+    admission = Admission(cold_tokens=1000, min_rate_tokens=2048)
+    # One-sample batches: 10 tokens in 50 ms looks like 200 tokens/s, mostly per-batch cost.
+    for _ in range(20):
+        admission.observe(tokens=10, seconds=0.05)
+    assert admission.tokens_per_s is None
+    assert admission.refusal(8_192, 55.0, []) is None  # 41 s at 200 tokens/s: would be refused
+    admission.observe(tokens=8_192, seconds=1.0)
+    assert admission.tokens_per_s == pytest.approx(8_192)
+    assert "past its deadline" in (admission.refusal(8_192 * 100, 55.0, []) or "")
+
+
 def test_a_request_that_cannot_finish_before_its_deadline_is_refused_at_once(slow_roberta: Path) -> None:
     app = create_app(service_settings(slow_roberta, retry_after_s=2, max_items_per_request=1024))
     with serving(app) as server:

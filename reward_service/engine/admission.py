@@ -38,13 +38,17 @@ def finish_s(tokens: int, others: list[int], tokens_per_s: float) -> float:
 
 
 class Admission:
-    def __init__(self, cold_tokens: int) -> None:
+    def __init__(self, cold_tokens: int, min_rate_tokens: int = 0) -> None:
         self.tokens_per_s: float | None = None
         self._cold_tokens = cold_tokens
+        # Small batches do not set the rate: their fixed per-batch cost dominates, so after a run of
+        # one-sample requests the rate would look many times slower than a large request gets, and
+        # large requests that would finish in time would be refused.
+        self._min_rate_tokens = min_rate_tokens
 
     def observe(self, tokens: int, seconds: float) -> None:
         """A batch of `tokens` real (unpadded) tokens took `seconds` of the engine's time."""
-        if tokens <= 0 or seconds <= 0:
+        if tokens <= 0 or seconds <= 0 or tokens < self._min_rate_tokens:
             return
         rate = tokens / seconds
         self.tokens_per_s = (

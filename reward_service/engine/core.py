@@ -59,7 +59,9 @@ class EngineCore:
         self.metrics = EngineMetrics(config.scorer)
         self.scheduler = FairScheduler(config.max_batch_tokens, config.max_batch_items, config.queue_capacity)
         self._requests: dict[tuple[bytes, int], QueuedRequest] = {}
-        self.admission = Admission(cold_tokens=WINDOW_BATCHES * config.max_batch_tokens)
+        self.admission = Admission(
+            cold_tokens=WINDOW_BATCHES * config.max_batch_tokens, min_rate_tokens=config.max_batch_tokens // 8
+        )
         self._last_completed = 0.0
         self._batches: deque[list[BatchItem]] = deque()
         self._runner: ModelRunner | None = None
