@@ -145,3 +145,13 @@ def test_scorers_health_ready_metrics_and_docs(live_service: LiveServer) -> None
     assert "reward_requests_total" in metrics.text and "reward_queue_depth" in metrics.text
     assert "/score/{scorer}" in httpx.get(live_service.url + "/openapi.json").json()["paths"]
     assert httpx.get(live_service.url + "/docs").status_code == 200
+
+
+def test_openapi_operation_ids_are_unique_and_probes_answer_head(live_service: LiveServer) -> None:
+    # Generated clients name their methods after operationIds: two alike would collide.
+    paths = httpx.get(live_service.url + "/openapi.json").json()["paths"]
+    ids = [operation["operationId"] for methods in paths.values() for operation in methods.values()]
+    assert len(ids) == len(set(ids)), sorted(ids)
+    for probe in ("/healthz", "/readyz"):
+        assert "get" in paths[probe] and "head" not in paths[probe]
+        assert httpx.head(live_service.url + probe).status_code == 200
