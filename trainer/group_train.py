@@ -17,9 +17,11 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, RLOOConfig, RLOOTrainer, get_peft_config
 
 from shared.reward_function import PromptOrCompletion, RemoteReward, as_text
+from trainer.checkpoints import saving
 from trainer.config import RLAIFArguments
 from trainer.progress import use_step_lines
 from trainer.train import load_policy, load_tokenizer, reward_retry, splits_for
@@ -75,6 +77,15 @@ class _RemoteRewardLogging:
         for reward in self.remote_rewards:
             reward.close()
 
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        step = self.state.global_step  # type: ignore[attr-defined]
+        with saving(Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"):  # type: ignore[attr-defined]
+            super()._save_checkpoint(model, trial)  # type: ignore[misc]
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        with saving(Path(output_dir or self.args.output_dir)):  # type: ignore[attr-defined]
+            super().save_model(output_dir, _internal_call)  # type: ignore[misc]
+
     def save_checkpoint_now(self) -> Path:
         """Save a checkpoint of the current step (weights, optimizer, scheduler, RNG, state)."""
         self._save_checkpoint(self.model, trial=None)  # type: ignore[attr-defined]
@@ -122,9 +133,8 @@ def build_group_trainer(
     base = model_config.model_name_or_path
     assert base, "model_name_or_path is required"
     tokenizer = load_tokenizer(base, model_config)
+    splits = splits_for(script_args, tokenizer, config.seed)  # before the model: needs only the tokenizer
     policy = load_policy(base, tokenizer, model_config)
-
-    splits = splits_for(script_args, tokenizer, config.seed)
     train_set = splits["train"]
     if script_args.max_train_samples is not None:
         train_set = train_set.select(range(min(script_args.max_train_samples, len(train_set))))
