@@ -184,6 +184,10 @@ class _ProjectDefaults:
             "older GPUs); TRL's own default (on) fails on those."
         },
     )
+    logging_steps: float = field(
+        default=1,
+        metadata={"help": "Log every N steps (default 1: every step, as TRL's PPO always does)."},
+    )
     report_to: None | str | list[str] = field(
         default="tensorboard",
         metadata={"help": "Where to log ('tensorboard' by default, logs under <output_dir>/runs; 'none')."},

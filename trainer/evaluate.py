@@ -368,12 +368,12 @@ def training_rewards(log_history: list[dict[str, Any]]) -> list[tuple[int, float
     return logged_points(log_history, "reward/mean")
 
 
-# Logged per step: ours (reward, response length) and TRL's (KL, entropy: PPO's names, then
-# GRPO's / RLOO's).
+# Logged per step: ours (reward, response length) and TRL's (KL, entropy per token: PPO's names,
+# then GRPO's / RLOO's; PPO's objective/entropy is a sum over the response, not comparable).
 CURVES = {
     "reward": ("reward/mean",),
     "KL to the reference": ("objective/kl", "kl"),
-    "entropy": ("objective/entropy", "entropy"),
+    "entropy per token": ("policy/entropy_avg", "entropy"),
     "response length (tokens)": ("response/mean_tokens",),
 }
 

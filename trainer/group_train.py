@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, RLOOConfig, RLOOTrainer, get_peft_config
 
+from shared.client import RewardClient
 from shared.reward_function import PromptOrCompletion, RemoteReward, as_text
 from trainer.checkpoints import saving
 from trainer.config import RLAIFArguments
@@ -104,6 +105,13 @@ class RemoteRewardRLOOTrainer(_RemoteRewardLogging, RLOOTrainer):
 TRAINERS = {"grpo": RemoteRewardGRPOTrainer, "rloo": RemoteRewardRLOOTrainer}
 
 
+def default_scorer(args: RLAIFArguments) -> str:
+    """The service's default scorer's name: metrics are logged under it (rewards/<name>/mean), as
+    for a scorer named by --reward_scorer."""
+    with RewardClient(args.reward_url, api_key=args.api_key(), retry=reward_retry(args)) as client:
+        return client.scorers().default
+
+
 def remote_rewards(args: RLAIFArguments) -> list[RemoteReward]:
     return [
         RemoteReward(
@@ -113,6 +121,7 @@ def remote_rewards(args: RLAIFArguments) -> list[RemoteReward]:
             api_key=args.api_key(),
             timeout_s=args.reward_timeout_s,
             retry=reward_retry(args),
+            name=scorer or default_scorer(args),
         )
         for scorer in args.reward_scorers()
     ]

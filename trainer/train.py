@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.data_loader import get_sampler
 from datasets import DatasetDict
+from torch.utils.data import RandomSampler
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -178,19 +180,60 @@ class ResumePoint:
 
 
 class ResumeCounters(TrainerCallback):
-    """TRL's `train()` restarts its counters at 0; put the resumed step, episode and history back."""
+    """TRL's `train()` restarts its counters at 0; put the resumed step, episode and history back,
+    and the RNG states saved with the checkpoint (the rollouts' sampling draws from them)."""
 
-    def __init__(self, point: ResumePoint, max_steps: int) -> None:
+    def __init__(self, point: ResumePoint, max_steps: int, trainer: PPOTrainer) -> None:
         self.point = point
         self.max_steps = max_steps
+        self.trainer = trainer
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         state.global_step = self.point.global_step
-        state.episode = self.point.episode
+        # Derived, not read: a checkpoint saved when the service failed mid-step holds the episode
+        # count of the step that never finished.
+        state.episode = self.point.global_step * args.batch_size
         state.max_steps = self.max_steps
         state.log_history = list(self.point.log_history)
+        # The last thing before the loop, as the uninterrupted run had them after the saved step.
+        self.trainer._load_rng_state(str(self.point.checkpoint))
+
+
+def own_data_order(trainer: PPOTrainer, seed: int) -> None:
+    """Give the prompt sampler its own seeded generator. Left without one (one process), each
+    epoch's shuffle draws from the global RNG, which the rollouts' sampling moves: the order could
+    then not be replayed on resume. (Several processes: accelerate already gives it one.)"""
+    sampler = get_sampler(trainer.dataloader)
+    if isinstance(sampler, RandomSampler) and sampler.generator is None:
+        sampler.generator = torch.Generator().manual_seed(seed)
+
+
+class ResumedBatches:
+    """The prompt loader with the batches of the steps already trained consumed, so the resumed
+    run gets the very batches the uninterrupted run got next (TRL's loop re-iterates it per epoch)."""
+
+    def __init__(self, loader: Any, done_steps: int) -> None:
+        self.loader = loader
+        self._pending: Iterator[Any] | None = iter(loader)
+        skipped = 0
+        while skipped < done_steps:
+            try:
+                next(self._pending)
+                skipped += 1
+            except StopIteration:  # an epoch ended: the next one, as TRL's repeat_generator does
+                self._pending = iter(loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        pending, self._pending = self._pending, None
+        yield from pending if pending is not None else self.loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
 
 
 def load_optimizer_and_scheduler(trainer: PPOTrainer, checkpoint: Path) -> None:
@@ -335,12 +378,14 @@ def build_trainer(
         peft_config=peft_config,
     )
     use_step_lines(trainer)
+    own_data_order(trainer, ppo_config.seed)
     if point is not None:
         # The schedule keeps its full length (built from total_episodes above); only the loop is shortened.
         full_steps = ppo_config.num_total_batches
         ppo_config.num_total_batches = max(0, full_steps - point.global_step)
         load_optimizer_and_scheduler(trainer, point.checkpoint)
-        trainer.add_callback(ResumeCounters(point, full_steps))
+        trainer.dataloader = ResumedBatches(trainer.dataloader, point.global_step)
+        trainer.add_callback(ResumeCounters(point, full_steps, trainer))
         logger.info("resuming from %s at step %d of %d", point.checkpoint, point.global_step, full_steps)
     return trainer, point, splits
 
