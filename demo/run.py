@@ -108,8 +108,20 @@ def running_service(
         stop(process)
 
 
+HELP = """usage: python -m demo.run [trainer flags]
+
+The whole pipeline offline on CPU: builds tiny stand-in models and data under .demo/ (once), starts
+the reward service on a free loopback port, trains PPO with configs/demo.yaml through it, prints the
+before/after report and stops the service. Trainer flags are appended after the demo's own and win
+(e.g. --total_episodes 320); `rlaif-train --help` lists them.
+"""
+
+
 def main(extra_args: list[str] | None = None) -> int:
     """`extra_args` are trainer flags appended after the demo's own (they win)."""
+    if extra_args and any(arg in ("-h", "--help") for arg in extra_args):
+        print(HELP, end="")  # at once: nothing is built or started for --help
+        return 0
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     DEMO_DIR.mkdir(exist_ok=True)
     paths = build_stand_ins(DEMO_DIR)

@@ -108,3 +108,16 @@ def test_several_scorers_need_matching_weights_and_a_group_algorithm() -> None:
     assert config.reward_weights == [1.0, 0.5]
     with pytest.raises(SystemExit, match="choose one of ppo, grpo, rloo"):
         parse_args(["--model_name_or_path", "m", "--algorithm", "dpo"])
+
+
+def test_demo_help_answers_without_building_or_starting_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from demo import run
+
+    def never(*args: object) -> None:
+        raise AssertionError("--help built the stand-ins")
+
+    monkeypatch.setattr(run, "build_stand_ins", never)
+    assert run.main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: python -m demo.run")

@@ -53,4 +53,13 @@ def test_lora_training_and_eval_cli(
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["n"] == 8 and report["score_on"] == "query_response"
+    # It names what it evaluated, and no training setting it cannot know (its flags' defaults).
+    run = report["run"]
+    assert str(out) in run["evaluated"] and "LoRA adapter on" in run["evaluated"]
+    assert run["original"] == str(policy) and run["dataset"] == str(data) and run["trained_steps"] == 2
+    assert "learning_rate" not in run and "steps" not in run
+    # The console's last lines: the change with its interval and n, then the caveats.
+    tail = capsys.readouterr().out.strip().splitlines()[-4:]
+    assert any("95% CI" in line and "n=8" in line for line in tail)
+    assert any(line.startswith("warning: only 8 held-out prompts") for line in tail)
     assert len((out / "responses.jsonl").read_text().splitlines()) == 8

@@ -55,6 +55,94 @@ def test_a_missing_dataset_or_column_is_reported_before_models_load(
     assert "has no 'prompt' or 'chosen' column" in one_line_error(capsys)
 
 
+UNREACHABLE = "http://127.0.0.1:9"  # never asked: the dataset is checked before the service
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        ("", [], "is empty: no rows"),
+        ("[]", [], "has no rows"),
+        (json.dumps({"chosen": "short"}) + "\n", [], "no dialogue of the 1 rows has 100 < length"),
+        ("\n".join(json.dumps({"prompt": p}) for p in ("Hi there", "  ", "Hello")), [], "prompt 1 is empty"),
+        (json.dumps({"prompt": "only one"}) + "\n", [], "only 1 usable prompt(s)"),
+    ],
+    ids=["empty-file", "empty-list", "filter-keeps-nothing", "empty-prompt", "one-prompt"],
+)
+def test_an_unusable_dataset_is_one_line_before_models_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, extra: list[str], message: str
+) -> None:
+    data = tmp_path / ("data.json" if content == "[]" else "data.jsonl")
+    data.write_text(content)
+    assert train(UNREACHABLE, data, *extra) == 2
+    assert message in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--algorithm", "dpo"],
+        ["--learning_rat", "1e-5"],  # a typo
+        ["--algorithm", "grpo", "--kl_coef", "0.1"],  # a flag of another algorithm
+        ["--config", "no-such-config"],
+        ["--config", "configs/no-such.yaml"],
+    ],
+    ids=["unknown-algorithm", "typo", "other-algorithm", "unknown-config", "missing-config-file"],
+)
+def test_every_usage_error_is_one_line_and_exit_2(
+    hh_file: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert train(UNREACHABLE, hh_file, *argv) == 2
+    one_line_error(capsys)
+
+
+def test_grpo_help_recommends_only_flags_grpo_takes() -> None:
+    from trainer.config import parser
+
+    grpo = parser("grpo").format_usage()
+    assert "--beta" in grpo and "--num_generations" in grpo and "--kl_coef" not in grpo
+    assert "--kl_coef" in parser("ppo").format_usage()
+
+
+def test_model_paths_are_checked_from_their_config_before_loading(
+    live_service: LiveServer,
+    hh_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from transformers import T5Config
+
+    def policy(path: str) -> int:
+        return train_main(
+            ["--model_name_or_path", path, "--dataset_name", str(hh_file), "--reward_url", live_service.url]
+        )
+
+    assert policy(str(tmp_path / "nowhere")) == 2
+    assert "no such directory" in one_line_error(capsys)
+    (tmp_path / "not-a-model").mkdir()
+    assert policy(str(tmp_path / "not-a-model")) == 2
+    assert "not a model folder (no config.json)" in one_line_error(capsys)
+    T5Config(d_model=8, num_layers=1, num_heads=1, d_ff=8, vocab_size=10).save_pretrained(tmp_path / "t5")
+    assert policy(str(tmp_path / "t5")) == 2
+    assert "sequence-to-sequence (encoder-decoder) model (t5) is not supported" in one_line_error(capsys)
+    # A hub id that is not cached, with downloads forbidden.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    assert policy("someone/not-cached-model") == 2
+    assert "not in the local Hugging Face cache, and HF_HUB_OFFLINE=1" in one_line_error(capsys)
+
+
+def test_an_output_dir_that_cannot_be_written_is_found_before_loading(
+    live_service: LiveServer, hh_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert train(live_service.url, hh_file, "--output_dir", str(blocker / "run")) == 2
+    assert "--output_dir" in (err := one_line_error(capsys)) and "not writable" in err
+
+
 @pytest.mark.parametrize(
     ("url_of", "message"),
     [

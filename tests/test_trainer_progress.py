@@ -13,7 +13,8 @@ from trainer.progress import hide_harmless_warnings, only_new_value_head, step_l
 
 PPO_LOG = {
     "objective/kl": 0.4123,
-    "objective/entropy": 9.07,
+    "objective/entropy": 99.0,  # summed over the response: not what the line shows
+    "policy/entropy_avg": 6.21,  # per token, as GRPO's / RLOO's "entropy"
     "objective/scores": 1.0,
     "reward/mean": 1.2149,
     "response/mean_tokens": 10.44,
@@ -24,10 +25,18 @@ PPO_LOG = {
 
 def test_step_line_shows_what_tells_a_good_run_from_a_bad_one() -> None:
     line = step_line(PPO_LOG, 3, 40)
-    assert line == "step 3/40  reward 1.21  kl 0.412  entropy 9.07  length 10.4 tok  empty 12%"
+    assert line == "step 3/40  reward 1.21  kl 0.412  entropy 6.21  length 10.4 tok  empty 12%"
     # GRPO / RLOO name their metrics differently; the line is the same shape.
     grpo = {"reward": -0.5, "kl": 0.01, "entropy": 2.0, "completions/mean_length": 7.0}
     assert step_line(grpo, 1, 2) == "step 1/2  reward -0.5  kl 0.01  entropy 2  length 7.0 tok"
+
+
+def test_every_algorithm_logs_every_step_by_default() -> None:
+    from trainer.config import parse_args
+
+    for algorithm in ("ppo", "grpo", "rloo"):
+        config = parse_args(["--model_name_or_path", "m", "--algorithm", algorithm, "--use_cpu", "true"])[1]
+        assert config.logging_steps == 1, algorithm
 
 
 def test_only_the_value_heads_expected_load_report_is_hidden() -> None:

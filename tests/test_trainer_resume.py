@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,51 @@ def test_cli_stops_before_loading_anything_when_the_service_is_down(
     assert "not reachable" in err and "--reward_url" in err and "Traceback" not in err
     # Nothing trained, so nothing saved and no --resume offered.
     assert not out.exists() and "--resume" not in err
+
+
+# Time-dependent figures; everything else a step logs must match.
+CLOCK_KEYS = {"eps", "reward/call_latency_s"}
+
+
+def _steps(log_history: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
+    return [
+        {k: v for k, v in entry.items() if k not in CLOCK_KEYS}
+        for entry in log_history
+        if "reward/mean" in entry and entry["step"] >= first
+    ]
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_exactly_where_the_uninterrupted_one_went(
+    tmp_path: Path, live_service: LiveServer, stand_ins
+) -> None:
+    """Data order (across an epoch boundary), sampling RNG, episode count: steps 4-6 after a resume
+    at step 3 are the uninterrupted run's steps 4-6."""
+    policy, data = stand_ins
+    model_config = ModelConfig(model_name_or_path=str(policy))
+    # 8 prompts in batches of 4: 2 steps per epoch, so the resume (at 3) is mid-epoch and crosses one.
+    args = dict(max_train_samples=8)
+    ppo = dict(batch=4, save_strategy="steps", save_steps=3, response_length=8)
+    whole = tmp_path / "whole"
+    trainer, _, _ = build_trainer(
+        _args(data, live_service.url, **args), tiny_ppo_config(whole, 6, **ppo), model_config
+    )
+    uninterrupted = run_training(trainer).log_history
+
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(whole / "checkpoint-3", resumed_dir / "checkpoint-3")  # as if killed after step 3
+    trainer, _, _ = build_trainer(
+        _args(data, live_service.url, resume=True, **args),
+        tiny_ppo_config(resumed_dir, 6, **ppo),
+        model_config,
+    )
+    resumed = run_training(trainer).log_history
+
+    expected, got = _steps(uninterrupted, 4), _steps(resumed, 4)
+    assert [e["step"] for e in got] == [4, 5, 6] and [e["episode"] for e in got] == [16, 20, 24]
+    for want, have in zip(expected, got, strict=True):
+        assert have.keys() == want.keys()
+        for key, value in want.items():
+            assert have[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (want["step"], key)
+    assert _steps(resumed, 1)[:3] == _steps(uninterrupted, 1)[:3]  # the history before, kept

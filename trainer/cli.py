@@ -18,6 +18,7 @@ from trl.experimental.ppo import PPOConfig
 
 from shared.errors import RewardClientError
 from trainer.config import RLAIFArguments, TrainingConfig, kl_weight, max_new_tokens, parse_args
+from trainer.data import DatasetError
 from trainer.evaluate import EvalReport, Sampling, evaluate_policies, write_report
 from trainer.group_train import build_group_trainer
 from trainer.preflight import PreflightError, check_trained_model, run_preflight
@@ -31,6 +32,7 @@ from trainer.run_dir import (
 )
 from trainer.train import (
     TRAIN_LOG,
+    DiskFullStop,
     TrainingInterrupted,
     build_trainer,
     load_policy,
@@ -39,9 +41,12 @@ from trainer.train import (
     run_training,
     splits_for,
 )
+from trainer.uncertainty import headline
+from trainer.usage import EXIT_USAGE, UsageError
 
 EXIT_REWARD_SERVICE = 3
-EXIT_CONFIGURATION = 2
+EXIT_DISK_FULL = 4
+EXIT_CONFIGURATION = EXIT_USAGE
 
 
 def _setup_logging() -> None:
@@ -105,9 +110,43 @@ def run_details(
         "algorithm": script_args.algorithm,
         "learning_rate": config.learning_rate,
         **kl_weight(config),
+        **_data_details(script_args, config),
         "seed": config.seed,
         "commit": _source_commit(),
     }
+
+
+def _data_details(script_args: RLAIFArguments, config: TrainingConfig) -> dict[str, Any]:
+    return {
+        "dataset": script_args.dataset_name or "Anthropic/hh-rlhf",
+        "batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps,
+    }
+
+
+def eval_details(
+    script_args: RLAIFArguments,
+    config: TrainingConfig,
+    base: str,
+    tuned: Path,
+    lora: bool,
+    log_history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """`rlaif-eval`'s run section: what it compared, and of training only what its log records
+    (its flags' defaults say nothing about how the model was trained)."""
+    server_default = "(the service's default)"
+    details: dict[str, Any] = {
+        "evaluated": f"{tuned} ({'LoRA adapter on ' + base if lora else 'full model'})",
+        "original": base,
+        "eval_scorer": script_args.eval_scorer or script_args.reward_scorer or server_default,
+        "score_on": script_args.score_on,
+        "dataset": script_args.dataset_name or "Anthropic/hh-rlhf",
+        "eval_batch_size": script_args.eval_batch_size,
+        "seed": config.seed,
+        "commit": _source_commit(),
+    }
+    if log_history:
+        details["trained_steps"] = max(int(e.get("step", 0)) for e in log_history)
+    return details
 
 
 def _source_commit() -> str:
@@ -136,7 +175,7 @@ def _evaluate_and_report(
     log_history: list[dict[str, Any]],
     before_adapter_disabled: bool,
     failure: str,
-    policy: str,
+    run: dict[str, Any],
 ) -> int:
     """Run the before/after evaluation, print the summary; the exit status for the command."""
     before, after, tokenizer = models
@@ -150,12 +189,16 @@ def _evaluate_and_report(
             prompt_ids,
             log_history,
             before_adapter_disabled,
-            run=run_details(script_args, config, policy, log_history),
+            run=run,
         )
     except RewardClientError as exc:
         print(f"error: {failure}: {exc}", file=sys.stderr)
         return EXIT_REWARD_SERVICE
     print(json.dumps(report.summary(), indent=2))
+    # The last lines a user reads: the change with how sure it is, then every caveat.
+    print(headline(report.uncertainty, report.before["mean"], report.after["mean"]))
+    for warning in [*report.warnings, *report.uncertainty["warnings"]]:
+        print(f"warning: {warning}")
     print(f"report: {Path(config.output_dir) / 'report.md'}")
     return 0
 
@@ -167,12 +210,26 @@ def _preflight_failed(script_args: RLAIFArguments, exc: PreflightError) -> int:
     return EXIT_CONFIGURATION
 
 
+def _parsed(argv: Sequence[str] | None) -> tuple[RLAIFArguments, TrainingConfig, ModelConfig] | int:
+    """The arguments, or the exit status of a usage error (printed as one line)."""
+    try:
+        return parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIGURATION
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """Train with PPO against the reward service, then evaluate before/after."""
+    """Train with PPO, GRPO or RLOO against the reward service, then evaluate before/after."""
     _setup_logging()
-    script_args, config, model_config = parse_args(argv)
+    parsed = _parsed(argv)
+    if isinstance(parsed, int):
+        return parsed
+    script_args, config, model_config = parsed
     try:
         return _train(script_args, config, model_config)
+    except DatasetError as exc:  # the token-length filter, run once the tokenizer is loaded
+        return _preflight_failed(script_args, PreflightError(f"--dataset_name: {exc}"))
     finally:
         release_claimed_dirs()
 
@@ -192,9 +249,10 @@ def _train(script_args: RLAIFArguments, config: TrainingConfig, model_config: Mo
                 "nothing to do (start a new run with another --output_dir or RLAIF_RUN_NAME)"
             )
             return 0
-        script_args.resume = last_checkpoint(config.output_dir) is not None
+        ppo = script_args.algorithm == "ppo"
+        script_args.resume = last_checkpoint(config.output_dir, value_model=ppo) is not None
     try:
-        run_preflight(script_args, config.output_dir)
+        run_preflight(script_args, model_config, config.output_dir)
     except PreflightError as exc:
         return _preflight_failed(script_args, exc)
     if isinstance(config, PPOConfig):
@@ -207,7 +265,7 @@ def _train(script_args: RLAIFArguments, config: TrainingConfig, model_config: Mo
         result = run_training(trainer, resume_from)
     except TrainingInterrupted as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_REWARD_SERVICE
+        return EXIT_DISK_FULL if isinstance(exc, DiskFullStop) else EXIT_REWARD_SERVICE
     if script_args.skip_eval or not trainer.accelerator.is_main_process:
         return 0
     tuned = trainer.accelerator.unwrap_model(trainer.model)
@@ -229,7 +287,7 @@ def _train(script_args: RLAIFArguments, config: TrainingConfig, model_config: Mo
         result.log_history,
         before_adapter_disabled=lora,
         failure="training finished and was saved, but evaluation failed",
-        policy=model_config.model_name_or_path or "",
+        run=run_details(script_args, config, model_config.model_name_or_path or "", result.log_history),
     )
 
 
@@ -237,18 +295,25 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     """Compare the original policy with a tuned one (default: --output_dir) on the held-out split."""
 
     _setup_logging()
-    script_args, config, model_config = parse_args(argv)
+    parsed = _parsed(argv)
+    if isinstance(parsed, int):
+        return parsed
+    script_args, config, model_config = parsed
     tuned_path = Path(script_args.eval_model or config.output_dir)
     base = model_config.model_name_or_path
     assert base
     try:
         check_trained_model(tuned_path)
-        run_preflight(script_args)
+        run_preflight(script_args, model_config)
     except PreflightError as exc:
         return _preflight_failed(script_args, exc)
     tokenizer = load_tokenizer(
         str(tuned_path) if (tuned_path / "tokenizer_config.json").exists() else base, model_config
     )
+    try:
+        splits = splits_for(script_args, tokenizer, config.seed)
+    except DatasetError as exc:
+        return _preflight_failed(script_args, PreflightError(f"--dataset_name: {exc}"))
     lora = (tuned_path / "adapter_config.json").exists()
     if lora:
         tuned = load_policy(base, tokenizer, model_config, adapter=str(tuned_path))
@@ -256,9 +321,10 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     else:
         tuned = load_policy(str(tuned_path), tokenizer, model_config)
         original = load_policy(base, tokenizer, model_config)
-    splits = splits_for(script_args, tokenizer, config.seed)
-    log_path = Path(config.output_dir) / TRAIN_LOG
-    log_history = json.loads(log_path.read_text()) if log_path.exists() else []
+    log_path = next(
+        (p for p in (tuned_path / TRAIN_LOG, Path(config.output_dir) / TRAIN_LOG) if p.exists()), tuned_path
+    )
+    log_history = json.loads(log_path.read_text()) if log_path.is_file() else []
     return _evaluate_and_report(
         script_args,
         config,
@@ -267,7 +333,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         log_history,
         before_adapter_disabled=lora,
         failure="evaluation failed",
-        policy=base,
+        run=eval_details(script_args, config, base, tuned_path, lora, log_history),
     )
 
 

@@ -21,6 +21,7 @@ from trl import GRPOConfig, ModelConfig, RLOOConfig, ScriptArguments, TrlParser
 from trl.experimental.ppo import PPOConfig
 
 from trainer.shipped_configs import shipped_configs, with_shipped_config
+from trainer.usage import UsageError
 
 
 @dataclass
@@ -86,12 +87,16 @@ class RLAIFArguments(ScriptArguments):
     reward_max_wait_s: float = field(
         default=120.0,
         metadata={
-            "help": "How long the client keeps retrying an unreachable service before training stops "
-            "(after saving a checkpoint)."
+            "help": "How long one reward call keeps retrying an unreachable or overloaded service "
+            "before training stops (after saving a checkpoint); a console line says it is waiting."
         },
     )
-    reward_max_attempts: int = field(
-        default=8, metadata={"help": "Most attempts per reward call before training stops."}
+    reward_max_attempts: int | None = field(
+        default=None,
+        metadata={
+            "help": "Most attempts per reward call before training stops (default: no cap, only "
+            "--reward_max_wait_s)."
+        },
     )
     min_dialogue_chars: int = field(
         default=100, metadata={"help": "Keep hh-rlhf dialogues strictly longer than this many characters."}
@@ -179,6 +184,10 @@ class _ProjectDefaults:
             "older GPUs); TRL's own default (on) fails on those."
         },
     )
+    logging_steps: float = field(
+        default=1,
+        metadata={"help": "Log every N steps (default 1: every step, as TRL's PPO always does)."},
+    )
     report_to: None | str | list[str] = field(
         default="tensorboard",
         metadata={"help": "Where to log ('tensorboard' by default, logs under <output_dir>/runs; 'none')."},
@@ -233,22 +242,32 @@ def kl_weight(config: TrainingConfig) -> dict[str, float]:
 CONFIG_CLASSES: dict[str, type] = {"ppo": RLAIFPPOConfig, "grpo": RLAIFGRPOConfig, "rloo": RLAIFRLOOConfig}
 
 
-USAGE = f"""%(prog)s --config qwen25_05b --reward_url http://HOST:8000 [flags]
+# The flags each algorithm's --help recommends besides the common ones (only flags it takes).
+ALGORITHM_FLAGS = {
+    "ppo": "--total_episodes, --learning_rate, --kl_coef",
+    "grpo": "--max_steps, --learning_rate, --beta, --num_generations, --max_completion_length",
+    "rloo": "--max_steps, --learning_rate, --beta, --num_generations, --max_completion_length",
+}
+USAGE = """%(prog)s --config qwen25_05b --reward_url http://HOST:8000 [flags]
        %(prog)s --config configs/qwen25_05b.yaml --reward_url http://HOST:8000 [flags]
        %(prog)s --model_name_or_path MODEL --dataset_name Anthropic/hh-rlhf --reward_url URL [flags]
 
 The flags that matter most: --config (a YAML file holding any of the flags below, or the name
-of a config shipped with the package: {", ".join(shipped_configs())}; flags on the command
+of a config shipped with the package: {configs}; flags on the command
 line win), --model_name_or_path, --dataset_name, --reward_url (one URL or several,
-comma-separated), --reward_scorer, --score_on, --output_dir, --total_episodes, --learning_rate,
---kl_coef, --resume. Configuration errors are checked before any model loads (exit status 2).
+comma-separated), --reward_scorer, --score_on, --output_dir, --resume, and for --algorithm
+{algorithm}: {algorithm_flags}. Configuration errors are checked before any model loads (exit
+status 2).
 """
 # TRL's ScriptArguments flags that this trainer ignores: not shown in --help (still accepted).
 UNUSED_FLAGS = ("--dataset_test_split", "--dataset_streaming", "--ignore_bias_buffers")
 
 
 def parser(algorithm: str = "ppo") -> TrlParser:
-    built = TrlParser((RLAIFArguments, CONFIG_CLASSES[algorithm], ModelConfig), usage=USAGE)
+    usage = USAGE.format(
+        configs=", ".join(shipped_configs()), algorithm=algorithm, algorithm_flags=ALGORITHM_FLAGS[algorithm]
+    )
+    built = TrlParser((RLAIFArguments, CONFIG_CLASSES[algorithm], ModelConfig), usage=usage)
     for action in built._actions:  # argparse has no public way to hide an added flag
         if any(option in UNUSED_FLAGS for option in action.option_strings):
             action.help = argparse.SUPPRESS
@@ -272,7 +291,7 @@ def requested_algorithm(args: Sequence[str]) -> str:
         found = loaded.get("algorithm") if isinstance(loaded, dict) else None
     algorithm = str(found or "ppo").lower()
     if algorithm not in CONFIG_CLASSES:
-        raise SystemExit(f"--algorithm {algorithm}: choose one of {', '.join(CONFIG_CLASSES)}")
+        raise UsageError(f"--algorithm {algorithm}: choose one of {', '.join(CONFIG_CLASSES)}")
     return algorithm
 
 
@@ -285,22 +304,22 @@ def parse_args(
     try:
         script_args, training_config, model_config = parser(algorithm).parse_args_and_config(args=args)
     except ValueError as exc:  # HfArgumentParser: flags or YAML keys no dataclass takes
-        raise SystemExit(
+        raise UsageError(
             f"{str(exc).rstrip('.')}. Each --algorithm takes its own TRL flags (this run: {algorithm}); see "
             f"rlaif-train --algorithm {algorithm} --help"
         ) from exc
     script_args.algorithm = algorithm  # type: ignore[assignment]
     if not model_config.model_name_or_path:
-        raise SystemExit("--model_name_or_path is required (a hub id or a local directory)")
+        raise UsageError("--model_name_or_path is required (a hub id or a local directory)")
     scorers = script_args.reward_scorers()
     if algorithm == "ppo" and len(scorers) > 1:
-        raise SystemExit(
+        raise UsageError(
             "--reward_scorer: PPO takes one scorer; combine several into a weighted ensemble on the "
             "service (REWARD_ENSEMBLES) or use --algorithm grpo / rloo"
         )
     weights = getattr(training_config, "reward_weights", None)
     if weights is not None and len(weights) != len(scorers):
-        raise SystemExit(
+        raise UsageError(
             f"--reward_weights: {len(weights)} weight(s) for {len(scorers)} scorer(s) in --reward_scorer"
         )
     return script_args, training_config, model_config

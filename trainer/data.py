@@ -47,7 +47,14 @@ def load_source(dataset_name: str, split: str = "train", config: str | None = No
         if not path.exists():
             raise DatasetError(f"dataset file or directory not found: {path}")
         builder, files = _local_files(path)
-        dataset = load_dataset(builder, data_files=files, split="train")
+        if all(Path(f).stat().st_size == 0 for f in files):
+            raise DatasetError(f"{path} is empty: no rows to train on")
+        try:
+            dataset = load_dataset(builder, data_files=files, split="train")
+        except Exception as exc:  # datasets raises many types (bad JSON, StopIteration on odd files)
+            if "corresponds to no data" in str(exc):  # `[]`: datasets finds no split at all
+                raise DatasetError(f"dataset {dataset_name!r} has no rows") from exc
+            raise DatasetError(f"could not read {path} as {builder}: {type(exc).__name__}: {exc}") from exc
     else:
         try:
             dataset = load_dataset(dataset_name, config, split=split)
@@ -57,6 +64,8 @@ def load_source(dataset_name: str, split: str = "train", config: str | None = No
                 f"{exc}. "
                 "Pass a hub id or a local .json/.jsonl/.parquet file or directory."
             ) from exc
+    if len(dataset) == 0:
+        raise DatasetError(f"dataset {dataset_name!r} has no rows")
     if PROMPT_COLUMN not in dataset.column_names and "chosen" not in dataset.column_names:
         raise DatasetError(
             f"dataset {dataset_name!r} has no 'prompt' or 'chosen' column (columns: "
@@ -77,7 +86,8 @@ def prepare_dialogues(dataset: Dataset, min_chars: int = 100, max_chars: int = 5
     kept = dataset.filter(lambda row: min_chars < len(row["dialogue"]) <= max_chars)
     if len(kept) == 0:
         raise DatasetError(
-            f"no dialogue of the {len(dataset)} rows has {min_chars} < length <= {max_chars} characters"
+            f"no dialogue of the {len(dataset)} rows has {min_chars} < length <= {max_chars} characters "
+            "(--min_dialogue_chars, --max_dialogue_chars)"
         )
     return kept
 
@@ -138,10 +148,23 @@ def prepare_prompts(dataset: Dataset) -> Dataset:
     for index, prompt in enumerate(rows[PROMPT_COLUMN]):
         messages = prompt_messages(prompt)
         if not any(m["content"].strip() for m in messages):
-            raise DatasetError(f"prompt {index} is empty")
+            raise DatasetError(f"prompt {index} is empty: remove it or give it text")
     return rows.map(lambda row: {"messages": prompt_messages(row[PROMPT_COLUMN])}).remove_columns(
         [PROMPT_COLUMN]
     )
+
+
+def usable_rows(source: Dataset, min_chars: int = 100, max_chars: int = 500) -> Dataset:
+    """`messages` rows from prompt rows or hh-rlhf dialogues (filtered), before tokenization: what
+    the preflight checks without a tokenizer. At least 2 are needed for a train/test split."""
+    if is_prompt_dataset(source):
+        rows = prepare_prompts(source)
+    else:
+        dialogues = prepare_dialogues(source, min_chars, max_chars)
+        rows = dialogues.map(lambda row: {"messages": summary_messages(row["dialogue"])})
+    if len(rows) < 2:
+        raise DatasetError(f"only {len(rows)} usable prompt(s): need at least 2 to split train/test")
+    return rows
 
 
 def build_splits(
@@ -158,12 +181,7 @@ def build_splits(
 ) -> DatasetDict:
     """The whole pipeline: `train` and `test` splits with `messages`, `prompt` and `input_ids`
     (and `dialogue` for hh-rlhf rows). The character bounds apply to hh-rlhf dialogues only."""
-    source = load_source(dataset_name, split, config)
-    if is_prompt_dataset(source):
-        rows = prepare_prompts(source)
-    else:
-        dialogues = prepare_dialogues(source, min_chars, max_chars)
-        rows = dialogues.map(lambda row: {"messages": summary_messages(row["dialogue"])})
+    rows = usable_rows(load_source(dataset_name, split, config), min_chars, max_chars)
     prompts = tokenize_prompts(rows, tokenizer, max_prompt_tokens)
     if len(prompts) < 2:
         raise DatasetError(f"only {len(prompts)} usable prompt(s): need at least 2 to split train/test")

@@ -27,6 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from shared.client import RewardClient
 from shared.schemas import ScoreOn, ScoreResponse
 from trainer.reward_bridge import response_token_counts
+from trainer.uncertainty import report_uncertainty
 
 CHANGE_PCT_FORMULA = "change_pct = 100 * (after - before) / abs(before); null when before == 0"
 HATE_LABEL = "hate"
@@ -73,6 +74,8 @@ class EvalReport:
     # Per side: mean response length in tokens and share of empty responses.
     responses: dict[str, dict[str, float | None]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # 95% intervals, n, and the caveats of a small or unchanged sample (trainer.uncertainty).
+    uncertainty: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
     rows: list[EvalRow] = field(repr=False, default_factory=list)
 
@@ -177,11 +180,13 @@ def summarise(
     before = _stats([r.before_score for r in rows])
     after = _stats([r.after_score for r in rows])
     hate_share = None
+    hateful = None
     if all(r.before_hate is not None and r.after_hate is not None for r in rows):
-        hate_share = {
-            "before": sum(r.before_hate > 0.5 for r in rows) / len(rows),  # type: ignore[operator]
-            "after": sum(r.after_hate > 0.5 for r in rows) / len(rows),  # type: ignore[operator]
-        }
+        hateful = (
+            [r.before_hate > 0.5 for r in rows],  # type: ignore[operator]
+            [r.after_hate > 0.5 for r in rows],  # type: ignore[operator]
+        )
+        hate_share = {"before": sum(hateful[0]) / len(rows), "after": sum(hateful[1]) / len(rows)}
     responses = {
         "before": response_figures([r.before for r in rows], [r.before_tokens for r in rows]),
         "after": response_figures([r.after for r in rows], [r.after_tokens for r in rows]),
@@ -198,6 +203,13 @@ def summarise(
         sampling=sampling,
         responses=responses,
         warnings=hacking_warnings(responses),
+        uncertainty=report_uncertainty(
+            [r.before_score for r in rows],
+            [r.after_score for r in rows],
+            answers_changed=sum(r.before != r.after for r in rows),
+            seed=int(sampling.get("seed", 0)),
+            hateful=hateful,
+        ),
         run=run or {},
         rows=rows,
     )
@@ -289,10 +301,27 @@ def render_markdown(report: EvalReport) -> str:
         f"`{report.change_pct_formula}`",
         "",
     ]
+    if report.uncertainty:
+        u = report.uncertainty
+        low, high = u["mean"]["ci95"]
+        pct_low, pct_high = u["mean"]["change_pct_ci95"]
+        pct = "" if pct_low is None else f", change_pct {pct_low:+.0f}% to {pct_high:+.0f}%"
+        lines += [
+            f"Change of the mean: {u['mean']['change']:+.4f}, 95% interval {low:+.4f} to {high:+.4f}{pct} "
+            f"(n = {u['n']} prompts, {u['answers_changed']} answers changed; {u['method']}).",
+            "",
+        ]
     if report.hate_share is not None:
         lines += [
             f"Share labelled hateful (p(hate) > 0.5): before {report.hate_share['before']:.1%}, "
-            f"after {report.hate_share['after']:.1%}.",
+            f"after {report.hate_share['after']:.1%}"
+            + (
+                f" (change {report.uncertainty['hate_share']['change']:+.1%}, 95% interval "
+                f"{report.uncertainty['hate_share']['ci95'][0]:+.1%} to "
+                f"{report.uncertainty['hate_share']['ci95'][1]:+.1%})."
+                if report.uncertainty.get("hate_share")
+                else "."
+            ),
             "",
         ]
     if report.responses:
@@ -306,8 +335,9 @@ def render_markdown(report: EvalReport) -> str:
                 f"| {label} | " + " | ".join("n/a" if c is None else fmt.format(c) for c in cells) + " |"
             )
         lines.append("")
-    lines += [f"**Warning:** {warning}." for warning in report.warnings]
-    if report.warnings:
+    caveats = [*report.warnings, *report.uncertainty.get("warnings", [])]
+    lines += [f"**Warning:** {warning}." for warning in caveats]
+    if caveats:
         lines.append("")
     if report.run:
         lines += ["## Run", "", "| | |", "|---|---|"]
@@ -338,12 +368,12 @@ def training_rewards(log_history: list[dict[str, Any]]) -> list[tuple[int, float
     return logged_points(log_history, "reward/mean")
 
 
-# Logged per step: ours (reward, response length) and TRL's (KL, entropy: PPO's names, then
-# GRPO's / RLOO's).
+# Logged per step: ours (reward, response length) and TRL's (KL, entropy per token: PPO's names,
+# then GRPO's / RLOO's; PPO's objective/entropy is a sum over the response, not comparable).
 CURVES = {
     "reward": ("reward/mean",),
     "KL to the reference": ("objective/kl", "kl"),
-    "entropy": ("objective/entropy", "entropy"),
+    "entropy per token": ("policy/entropy_avg", "entropy"),
     "response length (tokens)": ("response/mean_tokens",),
 }
 
@@ -378,7 +408,7 @@ def write_plots(report: EvalReport, log_history: list[dict[str, Any]], out_dir: 
     if points:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot([p[0] for p in points], [p[1] for p in points], marker=".")
-        ax.set_xlabel("PPO step")
+        ax.set_xlabel("training step")
         ax.set_ylabel("mean reward")
         ax.set_title("Reward per training step")
         fig.tight_layout()
@@ -393,7 +423,7 @@ def write_plots(report: EvalReport, log_history: list[dict[str, Any]], out_dir: 
         ):
             ax.plot(steps, values, ".", alpha=0.25, color="tab:blue")  # raw, faint
             ax.plot(steps, smoothed(values), color="tab:blue")
-            ax.set_xlabel("PPO step")
+            ax.set_xlabel("training step")
             ax.set_title(label)
         fig.tight_layout()
         fig.savefig(out_dir / "training_curves.png", dpi=100)

@@ -17,9 +17,12 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, RLOOConfig, RLOOTrainer, get_peft_config
 
+from shared.client import RewardClient
 from shared.reward_function import PromptOrCompletion, RemoteReward, as_text
+from trainer.checkpoints import saving
 from trainer.config import RLAIFArguments
 from trainer.progress import use_step_lines
 from trainer.train import load_policy, load_tokenizer, reward_retry, splits_for
@@ -75,6 +78,15 @@ class _RemoteRewardLogging:
         for reward in self.remote_rewards:
             reward.close()
 
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        step = self.state.global_step  # type: ignore[attr-defined]
+        with saving(Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"):  # type: ignore[attr-defined]
+            super()._save_checkpoint(model, trial)  # type: ignore[misc]
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        with saving(Path(output_dir or self.args.output_dir)):  # type: ignore[attr-defined]
+            super().save_model(output_dir, _internal_call)  # type: ignore[misc]
+
     def save_checkpoint_now(self) -> Path:
         """Save a checkpoint of the current step (weights, optimizer, scheduler, RNG, state)."""
         self._save_checkpoint(self.model, trial=None)  # type: ignore[attr-defined]
@@ -93,6 +105,13 @@ class RemoteRewardRLOOTrainer(_RemoteRewardLogging, RLOOTrainer):
 TRAINERS = {"grpo": RemoteRewardGRPOTrainer, "rloo": RemoteRewardRLOOTrainer}
 
 
+def default_scorer(args: RLAIFArguments) -> str:
+    """The service's default scorer's name: metrics are logged under it (rewards/<name>/mean), as
+    for a scorer named by --reward_scorer."""
+    with RewardClient(args.reward_url, api_key=args.api_key(), retry=reward_retry(args)) as client:
+        return client.scorers().default
+
+
 def remote_rewards(args: RLAIFArguments) -> list[RemoteReward]:
     return [
         RemoteReward(
@@ -102,6 +121,7 @@ def remote_rewards(args: RLAIFArguments) -> list[RemoteReward]:
             api_key=args.api_key(),
             timeout_s=args.reward_timeout_s,
             retry=reward_retry(args),
+            name=scorer or default_scorer(args),
         )
         for scorer in args.reward_scorers()
     ]
@@ -122,9 +142,8 @@ def build_group_trainer(
     base = model_config.model_name_or_path
     assert base, "model_name_or_path is required"
     tokenizer = load_tokenizer(base, model_config)
+    splits = splits_for(script_args, tokenizer, config.seed)  # before the model: needs only the tokenizer
     policy = load_policy(base, tokenizer, model_config)
-
-    splits = splits_for(script_args, tokenizer, config.seed)
     train_set = splits["train"]
     if script_args.max_train_samples is not None:
         train_set = train_set.select(range(min(script_args.max_train_samples, len(train_set))))

@@ -4,15 +4,19 @@ of loading an 8B policy, and is reported as one line that says what to fix."""
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from trl import ModelConfig
 
 from shared.client import RetryPolicy, RewardClient, parse_base_urls
 from shared.errors import RewardClientError, RewardRequestError
+from trainer.checkpoints import checkpoints
 from trainer.config import RLAIFArguments
-from trainer.data import DatasetError, load_source
+from trainer.data import DatasetError, load_source, usable_rows
+from trainer.model_check import ModelPathError, check_model_path
 from trainer.run_dir import last_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -24,10 +28,32 @@ class PreflightError(Exception):
 
 
 def check_dataset(args: RLAIFArguments) -> None:
+    """The dataset loads and keeps at least 2 usable prompts after the filters (the token-length
+    filter needs the tokenizer and runs before the models load, in the trainers)."""
     try:
-        load_source(args.dataset_name or "Anthropic/hh-rlhf", args.dataset_train_split, args.dataset_config)
+        source = load_source(
+            args.dataset_name or "Anthropic/hh-rlhf", args.dataset_train_split, args.dataset_config
+        )
+        usable_rows(source, args.min_dialogue_chars, args.max_dialogue_chars)
     except DatasetError as exc:
         raise PreflightError(f"--dataset_name: {exc}") from exc
+
+
+def check_output_dir(output_dir: str) -> None:
+    """The run can write there (or create it): found now, not after minutes of loading. Tried with
+    a temporary file in the folder or its nearest existing parent, so nothing is left behind (the
+    permission bits alone say nothing to root or about a read-only mount)."""
+    folder = Path(output_dir).expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise PreflightError(
+            f"--output_dir {folder}: not writable ({exc.strerror or exc}); choose a folder you can write to"
+        ) from exc
 
 
 def check_reward_service(args: RLAIFArguments) -> None:
@@ -102,15 +128,37 @@ def _check_scorers(args: RLAIFArguments, url: str) -> None:
 
 
 def check_resume(args: RLAIFArguments, output_dir: str) -> None:
-    if args.resume and last_checkpoint(output_dir) is None:
+    if args.resume and last_checkpoint(output_dir, value_model=args.algorithm == "ppo") is None:
+        some = "no complete checkpoint-* folder" if checkpoints(output_dir) else "no checkpoint-* folder"
         raise PreflightError(
-            f"--resume: no checkpoint-* folder in {output_dir} (rerun without --resume, or use "
+            f"--resume: {some} in {output_dir} (rerun without --resume, or use "
             "--auto_resume to resume only when there is a checkpoint)"
         )
 
 
-def run_preflight(args: RLAIFArguments, output_dir: str | None = None) -> None:
+def check_models(model_config: ModelConfig, args: RLAIFArguments) -> None:
+    try:
+        remote_code = bool(getattr(model_config, "trust_remote_code", False))
+        revision = model_config.model_revision
+        base = model_config.model_name_or_path or ""
+        check_model_path("--model_name_or_path", base, revision, "policy", remote_code)
+        if args.algorithm == "ppo":  # the critic: its own backbone, or the policy's
+            check_model_path(
+                "--value_model_path" if args.value_model_path else "--model_name_or_path",
+                args.value_model_path or base,
+                revision,
+                "value",
+                remote_code,
+            )
+    except ModelPathError as exc:
+        raise PreflightError(str(exc)) from exc
+
+
+def run_preflight(args: RLAIFArguments, model_config: ModelConfig, output_dir: str | None = None) -> None:
+    """Every check that needs no model, cheapest first; `output_dir`: a training run's folder."""
     if output_dir is not None:
         check_resume(args, output_dir)
+        check_output_dir(output_dir)
     check_dataset(args)
     check_reward_service(args)
+    check_models(model_config, args)

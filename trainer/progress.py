@@ -18,7 +18,8 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 STEP_FIELDS: dict[str, tuple[str, ...]] = {
     "reward": ("reward/mean", "reward"),
     "kl": ("objective/kl", "kl"),
-    "entropy": ("objective/entropy", "entropy"),
+    # Per token for every algorithm: PPO's objective/entropy is summed over the response.
+    "entropy": ("policy/entropy_avg", "entropy"),
     "length": ("response/mean_tokens", "completions/mean_length"),
     "empty": ("response/empty_share",),
 }

@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from transformers.trainer_utils import get_last_checkpoint
+from trainer.checkpoints import newest_complete
 
 LOCK_FILE = ".trainer.lock"
 FINISHED_FILE = "run_finished.json"
@@ -59,10 +59,10 @@ def release_claimed_dirs() -> None:
         os.close(_held_locks.pop())
 
 
-def last_checkpoint(output_dir: str | Path) -> Path | None:
-    folder = Path(output_dir)
-    found = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-    return Path(found) if found else None
+def last_checkpoint(output_dir: str | Path, value_model: bool = False) -> Path | None:
+    """The newest complete checkpoint (with `value_model/` for PPO); newer incomplete ones are skipped
+    with a warning (see trainer.checkpoints)."""
+    return newest_complete(output_dir, value_model)
 
 
 def mark_finished(output_dir: str | Path, global_step: int) -> None:

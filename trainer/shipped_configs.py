@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from trainer.usage import UsageError
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -19,12 +21,14 @@ def shipped_configs() -> list[str]:
 def resolve_config(value: str) -> str:
     """A path as given when it exists or names a folder; else a shipped config's name (with or
     without `.yaml`) -> its file."""
-    if Path(value).exists() or Path(value).name != value:
+    if Path(value).exists():
         return value
+    if Path(value).name != value:  # a path, not a name
+        raise UsageError(f"--config {value}: no such file")
     shipped = CONFIG_DIR / (value if value.endswith((".yaml", ".yml")) else f"{value}.yaml")
     if shipped.is_file():
         return str(shipped)
-    raise SystemExit(
+    raise UsageError(
         f"--config {value}: no such file, and no shipped config of that name. Shipped configs "
         f"(in {CONFIG_DIR}): {', '.join(shipped_configs())}; copy one to edit it."
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.data_loader import get_sampler
 from datasets import DatasetDict
+from torch.utils.data import RandomSampler
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -31,20 +34,22 @@ from transformers import (
     enable_full_determinism,
     set_seed,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import ModelConfig, get_peft_config
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 
 from shared.client import RetryPolicy, RewardClient
 from shared.errors import RewardClientError, RewardServiceUnavailable
 from trainer import reward_bridge
+from trainer.checkpoints import VALUE_MODEL_DIR, DiskFull, remove_if_incomplete, saving
 from trainer.config import RLAIFArguments
 from trainer.data import build_splits
 from trainer.progress import use_step_lines
 from trainer.run_dir import last_checkpoint, mark_finished
+from trainer.waiting import WaitingRetryPolicy
 
 logger = logging.getLogger(__name__)
 
-VALUE_MODEL_DIR = "value_model"
 TRAIN_LOG = "train_log.json"
 
 
@@ -55,6 +60,10 @@ class TrainingInterrupted(RuntimeError):
     def __init__(self, message: str, checkpoint: Path | None) -> None:
         self.checkpoint = checkpoint
         super().__init__(message)
+
+
+class DiskFullStop(TrainingInterrupted):
+    """Training stopped because a save ran out of disk space; `checkpoint` is the last whole one."""
 
 
 # Model & Tokenizer -----------------------------------------------------------------------------
@@ -141,7 +150,11 @@ def splits_for(script_args: RLAIFArguments, tokenizer: PreTrainedTokenizerBase, 
 
 
 def reward_retry(args: RLAIFArguments) -> RetryPolicy:
-    return RetryPolicy(max_attempts=args.reward_max_attempts, max_total_s=args.reward_max_wait_s)
+    """Retry for --reward_max_wait_s in all (capped at --reward_max_attempts only when given)."""
+    policy = WaitingRetryPolicy(max_total_s=args.reward_max_wait_s)
+    if args.reward_max_attempts is not None:
+        policy.max_attempts = args.reward_max_attempts
+    return policy
 
 
 def reward_client(args: RLAIFArguments) -> RewardClient:
@@ -151,20 +164,6 @@ def reward_client(args: RLAIFArguments) -> RewardClient:
 
 
 # Checkpoints -----------------------------------------------------------------------------------
-
-
-class ValueModelCheckpoint(TrainerCallback):
-    """TRL saves only the policy in a checkpoint; the critic is needed to resume, so save it beside."""
-
-    def on_save(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        model = kwargs.get("model")
-        if model is None or not state.is_world_process_zero:
-            return
-        model = getattr(model, "module", model)  # under DistributedDataParallel
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}" / VALUE_MODEL_DIR
-        model.value_model.save_pretrained(folder)
 
 
 @dataclass
@@ -181,19 +180,60 @@ class ResumePoint:
 
 
 class ResumeCounters(TrainerCallback):
-    """TRL's `train()` restarts its counters at 0; put the resumed step, episode and history back."""
+    """TRL's `train()` restarts its counters at 0; put the resumed step, episode and history back,
+    and the RNG states saved with the checkpoint (the rollouts' sampling draws from them)."""
 
-    def __init__(self, point: ResumePoint, max_steps: int) -> None:
+    def __init__(self, point: ResumePoint, max_steps: int, trainer: PPOTrainer) -> None:
         self.point = point
         self.max_steps = max_steps
+        self.trainer = trainer
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         state.global_step = self.point.global_step
-        state.episode = self.point.episode
+        # Derived, not read: a checkpoint saved when the service failed mid-step holds the episode
+        # count of the step that never finished.
+        state.episode = self.point.global_step * args.batch_size
         state.max_steps = self.max_steps
         state.log_history = list(self.point.log_history)
+        # The last thing before the loop, as the uninterrupted run had them after the saved step.
+        self.trainer._load_rng_state(str(self.point.checkpoint))
+
+
+def own_data_order(trainer: PPOTrainer, seed: int) -> None:
+    """Give the prompt sampler its own seeded generator. Left without one (one process), each
+    epoch's shuffle draws from the global RNG, which the rollouts' sampling moves: the order could
+    then not be replayed on resume. (Several processes: accelerate already gives it one.)"""
+    sampler = get_sampler(trainer.dataloader)
+    if isinstance(sampler, RandomSampler) and sampler.generator is None:
+        sampler.generator = torch.Generator().manual_seed(seed)
+
+
+class ResumedBatches:
+    """The prompt loader with the batches of the steps already trained consumed, so the resumed
+    run gets the very batches the uninterrupted run got next (TRL's loop re-iterates it per epoch)."""
+
+    def __init__(self, loader: Any, done_steps: int) -> None:
+        self.loader = loader
+        self._pending: Iterator[Any] | None = iter(loader)
+        skipped = 0
+        while skipped < done_steps:
+            try:
+                next(self._pending)
+                skipped += 1
+            except StopIteration:  # an epoch ended: the next one, as TRL's repeat_generator does
+                self._pending = iter(loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        pending, self._pending = self._pending, None
+        yield from pending if pending is not None else self.loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
 
 
 def load_optimizer_and_scheduler(trainer: PPOTrainer, checkpoint: Path) -> None:
@@ -210,9 +250,9 @@ def load_optimizer_and_scheduler(trainer: PPOTrainer, checkpoint: Path) -> None:
 
 
 def find_resume_point(output_dir: str) -> ResumePoint:
-    last = last_checkpoint(output_dir)
+    last = last_checkpoint(output_dir, value_model=True)
     if last is None:
-        raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output_dir}")
+        raise FileNotFoundError(f"--resume: no complete checkpoint-* folder in {output_dir}")
     return ResumePoint.read(last)
 
 
@@ -243,11 +283,17 @@ class RemoteRewardPPOTrainer(PPOTrainer):
             self.model = wrapped
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        with self._unwrapped_model():
+        """TRL's checkpoint plus the critic (TRL saves only the policy; resuming needs both). The
+        critic is written first, so that trainer_state.json, which TRL writes last, marks a whole
+        checkpoint; a full disk raises DiskFull naming the folder."""
+        folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        with saving(folder), self._unwrapped_model():
+            if self.state.is_world_process_zero:
+                self.model.value_model.save_pretrained(folder / VALUE_MODEL_DIR)
             super()._save_checkpoint(self.model, trial)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        with self._unwrapped_model():
+        with saving(Path(output_dir or self.args.output_dir)), self._unwrapped_model():
             super().save_model(output_dir, _internal_call)
 
     def close_reward_clients(self) -> None:
@@ -256,7 +302,6 @@ class RemoteRewardPPOTrainer(PPOTrainer):
     def save_checkpoint_now(self) -> Path:
         """Save what TRL saves (policy, optimizer, scheduler, state) plus the value model."""
         self._save_checkpoint(self.model, trial=None)
-        self.control = self.callback_handler.on_save(self.args, self.state, self.control)
         return Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
 
 
@@ -279,6 +324,8 @@ def build_trainer(
     assert base, "model_name_or_path is required"
     point = find_resume_point(ppo_config.output_dir) if script_args.resume else None
     tokenizer = load_tokenizer(base, model_config)
+    # Dataset first: its last check (prompt length in tokens) needs only the tokenizer.
+    splits = splits_for(script_args, tokenizer, ppo_config.seed)
 
     peft_config = get_peft_config(model_config)
     if point is None:
@@ -296,8 +343,6 @@ def build_trainer(
     use_lora = peft_config is not None or model_config.use_peft
     ref_policy = None if use_lora else load_policy(base, tokenizer, model_config)
 
-    # Dataset
-    splits = splits_for(script_args, tokenizer, ppo_config.seed)
     train_set = splits["train"]
     if script_args.max_train_samples is not None:
         train_set = train_set.select(range(min(script_args.max_train_samples, len(train_set))))
@@ -319,7 +364,7 @@ def build_trainer(
         ppo_config.local_rollout_forward_batch_size,
         ppo_config.per_device_train_batch_size * ppo_config.gradient_accumulation_steps,
     )
-    callbacks: list[TrainerCallback] = [ValueModelCheckpoint()]
+    callbacks: list[TrainerCallback] = []
     trainer = RemoteRewardPPOTrainer(
         args=ppo_config,
         processing_class=tokenizer,
@@ -333,12 +378,14 @@ def build_trainer(
         peft_config=peft_config,
     )
     use_step_lines(trainer)
+    own_data_order(trainer, ppo_config.seed)
     if point is not None:
         # The schedule keeps its full length (built from total_episodes above); only the loop is shortened.
         full_steps = ppo_config.num_total_batches
         ppo_config.num_total_batches = max(0, full_steps - point.global_step)
         load_optimizer_and_scheduler(trainer, point.checkpoint)
-        trainer.add_callback(ResumeCounters(point, full_steps))
+        trainer.dataloader = ResumedBatches(trainer.dataloader, point.global_step)
+        trainer.add_callback(ResumeCounters(point, full_steps, trainer))
         logger.info("resuming from %s at step %d of %d", point.checkpoint, point.global_step, full_steps)
     return trainer, point, splits
 
@@ -355,11 +402,20 @@ def run_training(trainer: Any, resume_from: Path | None = None) -> TrainingResul
         else:
             trainer.train(resume_from_checkpoint=str(resume_from))
     except RewardClientError as exc:
-        raise _interrupted(trainer, exc) from exc
+        try:
+            stopped = _interrupted(trainer, exc)
+        except DiskFull as full:
+            raise _disk_full(trainer, full) from full
+        raise stopped from exc
+    except DiskFull as exc:
+        raise _disk_full(trainer, exc) from exc
     finally:
         trainer.close_reward_clients()
-    trainer.save_model(str(output_dir))
-    _write_log(trainer)
+    try:
+        trainer.save_model(str(output_dir))
+        _write_log(trainer)
+    except DiskFull as exc:
+        raise _disk_full(trainer, exc) from exc
     if trainer.args.should_save:
         mark_finished(output_dir, trainer.state.global_step)
     return TrainingResult(output_dir, trainer.state.global_step, trainer.state.log_history)
@@ -392,10 +448,34 @@ def _interrupted(trainer: Any, exc: RewardClientError) -> TrainingInterrupted:
     )
 
 
+def _disk_full(trainer: Any, exc: DiskFull) -> DiskFullStop:
+    """Stop cleanly: remove the half-written checkpoint, name the last whole one and what to free."""
+    step = trainer.state.global_step
+    output_dir = Path(trainer.args.output_dir)
+    ppo = isinstance(trainer.args, PPOConfig)
+    removed = remove_if_incomplete(exc.folder, value_model=ppo)
+    last = last_checkpoint(output_dir, value_model=ppo)
+    existing = next(p for p in (output_dir, *output_dir.parents) if p.exists())
+    free_mb = shutil.disk_usage(existing).free / 2**20
+    lost = f"the partial {exc.folder.name} was removed; " if removed else ""
+    resume = (
+        f"the last whole checkpoint is {last}: rerun with --resume once there is room"
+        if last
+        else "there is no whole checkpoint to resume from"
+    )
+    return DiskFullStop(
+        f"training stopped at step {step}: the disk is full while saving {exc.folder} ({exc.__cause__}); "
+        f"{lost}{resume}. Free space where {output_dir} lives ({free_mb:.0f} MiB free now): delete older "
+        "checkpoint-* folders or other files, or keep fewer checkpoints with --save_total_limit.",
+        last,
+    )
+
+
 def _write_log(trainer: Any) -> None:
     """train_log.json, written by the process that saves (the main one)."""
     if not trainer.args.should_save:
         return
     output_dir = Path(trainer.args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / TRAIN_LOG).write_text(json.dumps(trainer.state.log_history, indent=1))
+    with saving(output_dir):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / TRAIN_LOG).write_text(json.dumps(trainer.state.log_history, indent=1))
