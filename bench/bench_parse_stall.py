@@ -28,7 +28,11 @@ from bench.stand_ins import build_classifier
 from demo.run import running_service
 
 # Each route's own text field first, then the unknown one.
-_HOSTILE_FIELDS = {"/score": b'"texts": ["hello"]', "/classify": b'"input": "hello"', "/predict": b'"inputs": "hello"'}
+_HOSTILE_FIELDS = {
+    "/score": b'"texts": ["hello"]',
+    "/classify": b'"input": "hello"',
+    "/predict": b'"inputs": "hello"',
+}
 
 
 def hostile_body(path: str, size_bytes: int) -> bytes:
@@ -101,12 +105,14 @@ def main() -> None:
     ms = [1000 * s for s in latencies]
     p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
     print(
-        f"stand-in {args.stand_in}, {args.seconds:.0f} s: {args.valid} clients x {len(valid) / 1e6:.1f} MB valid "
-        f"bodies ({args.texts} x {args.chars} chars, deadline {args.deadline_ms} ms), {args.hostile} clients x "
-        f"{len(hostile["/score"]) / 1e6:.1f} MB unknown-field bodies"
+        f"stand-in {args.stand_in}, {args.seconds:.0f} s: {args.valid} clients x "
+        f"{len(valid) / 1e6:.1f} MB valid bodies ({args.texts} x {args.chars} chars, deadline "
+        f"{args.deadline_ms} ms), {args.hostile} clients x {len(hostile['/score']) / 1e6:.1f} MB "
+        "unknown-field bodies"
     )
     print(
-        f"/healthz: {len(ms)} probes, p50 {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms, max {ms[-1]:.1f} ms"
+        f"/healthz: {len(ms)} probes, p50 {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms, "
+        f"max {ms[-1]:.1f} ms"
     )
     for key, count in sorted(statuses.items()):
         print(f"  {key}: {count}")

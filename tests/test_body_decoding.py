@@ -28,7 +28,12 @@ def request_with(body: bytes) -> Request:
     async def receive() -> dict[str, object]:
         return {"type": "http.request", "body": body, "more_body": False}
 
-    scope = {"type": "http", "method": "POST", "path": "/score", "headers": [(b"content-type", b"application/json")]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/score",
+        "headers": [(b"content-type", b"application/json")],
+    }
     return Request(scope, receive)
 
 
@@ -38,7 +43,12 @@ def test_unknown_field_is_refused_without_reading_its_value() -> None:
     with pytest.raises(RequestValidationError) as caught:
         asyncio.run(decode_body(request, key_guard(ScoreRequest)))
     assert caught.value.errors() == [
-        {"type": "extra_forbidden", "loc": ("body", "x"), "msg": "Extra inputs are not permitted", "input": None}
+        {
+            "type": "extra_forbidden",
+            "loc": ("body", "x"),
+            "msg": "Extra inputs are not permitted",
+            "input": None,
+        }
     ]
 
 
@@ -53,22 +63,38 @@ def test_a_valid_body_is_decoded_for_fastapi_as_json_loads_would() -> None:
     body = b'{"texts": ["caf\\u00e9", "\\ud83d\\ude00 ok"], "return_labels": true, "truncation_side": "left"}'
     request = request_with(body)
     asyncio.run(decode_body(request, key_guard(ScoreRequest)))
-    assert asyncio.run(request.json()) == {"texts": ["café", "\U0001f600 ok"], "return_labels": True, "truncation_side": "left"}
+    assert asyncio.run(request.json()) == {
+        "texts": ["café", "\U0001f600 ok"],
+        "return_labels": True,
+        "truncation_side": "left",
+    }
 
 
 @pytest.mark.parametrize(
     ("path", "prefix", "status", "message"),
     [
         ("/score", b'"texts": ["hello"]', 422, lambda body: body["detail"][0]["loc"] == ["body", "x"]),
-        ("/score/default", b'"texts": ["hello"]', 422, lambda body: body["detail"][0]["type"] == "extra_forbidden"),
+        (
+            "/score/default",
+            b'"texts": ["hello"]',
+            422,
+            lambda body: body["detail"][0]["type"] == "extra_forbidden",
+        ),
         ("/get_reward", b'"query": ["hello"]', 422, lambda body: body["detail"][0]["loc"] == ["body", "x"]),
-        ("/slime/reward", b'"prompt": "a", "response": "b"', 422, lambda body: body["detail"][0]["loc"] == ["body", "x"]),
+        (
+            "/slime/reward",
+            b'"prompt": "a", "response": "b"',
+            422,
+            lambda body: body["detail"][0]["loc"] == ["body", "x"],
+        ),
         (
             "/classify",
             b'"input": "hello"',
             400,
-            lambda body: body["error"]["message"] == "x: Extra inputs are not permitted"
-            and body["error"]["type"] == "BadRequestError",
+            lambda body: (
+                body["error"]["message"] == "x: Extra inputs are not permitted"
+                and body["error"]["type"] == "BadRequestError"
+            ),
         ),
         (
             "/predict",
@@ -89,7 +115,9 @@ def test_big_unknown_field_body_is_refused_in_the_protocols_shape(
 
 def test_service_stays_live_while_big_unknown_field_bodies_arrive(live_service: LiveServer) -> None:
     def attack(_: int) -> int:
-        return httpx.post(live_service.url + "/score", content=hostile(b'"texts": ["a"]'), headers=JSON, timeout=60).status_code
+        return httpx.post(
+            live_service.url + "/score", content=hostile(b'"texts": ["a"]'), headers=JSON, timeout=60
+        ).status_code
 
     with ThreadPoolExecutor(4) as pool:
         attacks = [pool.submit(attack, i) for i in range(8)]
