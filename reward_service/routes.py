@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from reward_service.body_decoding import DecodedBodyRoute
 from reward_service.scoring import metrics_of, registry_of, score_texts, settings_of
 from reward_service.security import has_api_key
 from reward_service.validation import check_limits
@@ -17,7 +18,7 @@ from shared.schemas import (
     ScorersResponse,
 )
 
-router = APIRouter()
+router = APIRouter(route_class=DecodedBodyRoute)
 
 _ERRORS = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key."},

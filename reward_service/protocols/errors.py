@@ -13,8 +13,8 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 
+from reward_service.body_decoding import DecodedBodyRoute
 from reward_service.errors import InvalidInput, ServiceError
 
 ErrorBody = Callable[[int, str, Exception], tuple[int, dict[str, object]]]
@@ -30,10 +30,10 @@ def validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def protocol_route(error_body: ErrorBody) -> type[APIRoute]:
+def protocol_route(error_body: ErrorBody) -> type[DecodedBodyRoute]:
     """An APIRoute whose validation and service errors are answered with `error_body`."""
 
-    class ProtocolRoute(APIRoute):
+    class ProtocolRoute(DecodedBodyRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 

@@ -15,13 +15,14 @@ import re
 
 from fastapi import APIRouter, Request
 
+from reward_service.body_decoding import DecodedBodyRoute
 from reward_service.errors import InvalidInput, TooManyItems
 from reward_service.scoring import score_texts, settings_of
 from reward_service.settings import ServiceSettings
 from reward_service.validation import check_texts
 from shared.schemas import ErrorBody, OpenRLHFRequest, OpenRLHFResponse
 
-router = APIRouter(tags=["protocols"])
+router = APIRouter(route_class=DecodedBodyRoute, tags=["protocols"])
 
 _ERRORS = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key."},

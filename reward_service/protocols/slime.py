@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from reward_service.body_decoding import DecodedBodyRoute
 from reward_service.errors import InvalidInput
 from reward_service.protocols.openrlhf import strip_special_tokens
 from reward_service.scoring import score_texts
@@ -17,7 +18,7 @@ from reward_service.settings import ServiceSettings
 from reward_service.validation import check_inputs
 from shared.schemas import ErrorBody, SlimeRequest
 
-router = APIRouter(tags=["protocols"])
+router = APIRouter(route_class=DecodedBodyRoute, tags=["protocols"])
 
 _ERRORS = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key."},
