@@ -17,6 +17,7 @@ import pytest
 
 from shared.extras import EXTRA_MODULES, missing_modules
 from trainer.shipped_configs import CONFIG_DIR, resolve_config, shipped_configs
+from trainer.usage import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -157,9 +158,13 @@ def test_configs_resolve_by_name_and_paths_stay_as_given() -> None:
     assert resolve_config("qwen25_05b") == str(CONFIG_DIR / "qwen25_05b.yaml")
     assert resolve_config("qwen25_05b.yaml") == str(CONFIG_DIR / "qwen25_05b.yaml")
     assert resolve_config("configs/qwen25_05b.yaml") == "configs/qwen25_05b.yaml"
-    assert resolve_config("./mine.yaml") == "./mine.yaml"  # a path: TRL's own error if missing
-    with pytest.raises(SystemExit, match="qwen25_05b"):
+    # A missing path or an unknown name is a usage error (exit 2) that says what exists.
+    with pytest.raises(UsageError) as missing:
+        resolve_config("./mine.yaml")
+    assert missing.value.code == 2 and "./mine.yaml: no such file" in missing.value.message
+    with pytest.raises(UsageError) as unknown:
         resolve_config("qwen25")
+    assert unknown.value.code == 2 and "qwen25_05b" in unknown.value.message
 
 
 def test_checkout_configs_folder_is_the_shipped_one() -> None:
