@@ -18,10 +18,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 _UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`(?: - at `\$(?P<path>[^`]*)`)?$")
 
@@ -59,7 +60,12 @@ def _is_json(request: Request) -> bool:
 async def decode_body(request: Request, guard: type[msgspec.Struct]) -> None:
     """Check the body's keys (an unknown one is pydantic's 422 `extra_forbidden`, naming it) and
     decode it for FastAPI; a body msgspec cannot take is left for FastAPI to parse and word."""
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:
+        # As FastAPI answers a body it could not read (the connection layer has already sent the
+        # client its 408, or the client is gone): a 400, never a traceback.
+        raise HTTPException(status_code=400, detail="There was an error parsing the body") from None
     if not body or not _is_json(request):
         return
     try:
