@@ -8,8 +8,9 @@ It is refused (503 + Retry-After at the front end) when its own estimate is past
 when taking it would push a request already admitted, still on time, past its own deadline: the
 requests admitted are the ones that finish, instead of every one of them missing its deadline.
 
-Before the first batch has given a rate, a request is admitted only if the queue holds less than
-a few batches' work, so a cold engine does not admit a burst of huge requests it cannot finish.
+Before a large enough batch has given a rate, every request is admitted: without a rate there is
+no evidence that it cannot finish, and refusing work that would have finished (concurrent large
+requests at start-up, say) wastes as much as a 504. Its deadline still bounds it.
 """
 
 from __future__ import annotations
@@ -38,9 +39,8 @@ def finish_s(tokens: int, others: list[int], tokens_per_s: float) -> float:
 
 
 class Admission:
-    def __init__(self, cold_tokens: int, min_rate_tokens: int = 0) -> None:
+    def __init__(self, min_rate_tokens: int = 0) -> None:
         self.tokens_per_s: float | None = None
-        self._cold_tokens = cold_tokens
         # Small batches do not set the rate: their fixed per-batch cost dominates, so after a run of
         # one-sample requests the rate would look many times slower than a large request gets, and
         # large requests that would finish in time would be refused.
@@ -61,9 +61,6 @@ class Admission:
         """Why a request of `tokens` with `budget_s` seconds left must be refused now, or None."""
         rate = self.tokens_per_s
         if rate is None:
-            waiting = sum(q.tokens for q in queued)
-            if queued and waiting + tokens > self._cold_tokens:
-                return f"{waiting} tokens are queued and the engine has no measured rate yet"
             return None
         return refusal_reason(tokens, budget_s, queued, rate)
 

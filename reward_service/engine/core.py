@@ -38,7 +38,7 @@ from reward_service.engine.model_runner import (
     resolve_dtype,
 )
 from reward_service.engine.protocol import EngineConfig, EngineFailure, FailureKind
-from reward_service.engine.scheduler import WINDOW_BATCHES, BatchItem, FairScheduler, QueuedRequest
+from reward_service.engine.scheduler import BatchItem, FairScheduler, QueuedRequest
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,7 @@ class EngineCore:
         self.metrics = EngineMetrics(config.scorer)
         self.scheduler = FairScheduler(config.max_batch_tokens, config.max_batch_items, config.queue_capacity)
         self._requests: dict[tuple[bytes, int], QueuedRequest] = {}
-        self.admission = Admission(
-            cold_tokens=WINDOW_BATCHES * config.max_batch_tokens, min_rate_tokens=config.max_batch_tokens // 8
-        )
+        self.admission = Admission(min_rate_tokens=config.max_batch_tokens // 8)
         self._last_completed = 0.0
         self._batches: deque[list[BatchItem]] = deque()
         self._runner: ModelRunner | None = None
