@@ -26,19 +26,13 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.live_server import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "rlaif-ci"
 FILES = ("docker-compose.yml", "docker-compose.cpu.yml", "ci/compose.test.yml")
 STOP_GRACE_S = 40  # docker-compose.yml's stop_grace_period for the reward service
 SERVER_ERROR_LINE = re.compile(r'"(?:GET|POST|HEAD|PUT|DELETE) [^"]*" 500\b')
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 1.0) -> Any:
