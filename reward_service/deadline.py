@@ -9,7 +9,7 @@ from starlette.datastructures import Headers
 
 from reward_service.errors import InvalidInput
 from reward_service.settings import ServiceSettings
-from shared.client import TIMEOUT_HEADER
+from shared.schemas import TIMEOUT_HEADER
 
 # Kept back from the client's own timeout for the answer's trip back.
 MIN_MARGIN_S = 0.25

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from reward_service.body_decoding import DecodedBodyRoute
-from reward_service.scoring import metrics_of, registry_of, score_texts, settings_of
+from reward_service.scoring import metrics_of, registry_of, resolve_scorer, score_texts, settings_of
 from reward_service.security import has_api_key
 from reward_service.validation import check_limits
 from shared.schemas import (
@@ -37,18 +37,14 @@ _ERRORS = {
 
 
 async def _score(request: Request, route: str, scorer_name: str | None, body: ScoreRequest) -> ScoreResponse:
-    scored = await score_texts(
-        request,
-        route,
-        scorer_name,
-        lambda settings: check_limits(body, settings),
-        truncation_side=body.truncation_side,
-        return_labels=body.return_labels,
+    scorer = resolve_scorer(request, scorer_name)
+    texts = check_limits(body, settings_of(request))
+    output = await score_texts(
+        request, route, scorer, texts, truncation_side=body.truncation_side, return_labels=body.return_labels
     )
-    output = scored.output
     return ScoreResponse(
-        scorer=scored.scorer.name,
-        model=scored.scorer.info().model,
+        scorer=scorer.name,
+        model=scorer.info().model,
         scores=output.scores,
         truncated=output.truncated,
         labels=output.labels,

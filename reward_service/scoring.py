@@ -1,9 +1,11 @@
-"""The one scoring path every route shares: limits, the request's deadline, cancellation when the
-client goes away, and the latency and item metrics. The request count is kept by
-`request_counter.RequestCounter`, which sees every answer; this path names the scorer for it.
+"""The scoring path every route shares, once the route has validated its body: which scorer (404,
+or 422 for a capability it lacks), the request's deadline, cancellation when the client goes away,
+one error per failure, and the latency and item metrics at the path's single exit. The request
+count is kept by `request_counter.RequestCounter`, which sees every answer; `resolve_scorer` names
+the scorer for it.
 
-Routes translate their protocol's body into texts and options, call `score_texts`, and translate the
-`Scored` result back into their protocol's answer.
+A route resolves its scorer, checks its body's limits (`validation`), calls `score_texts` with the
+texts, and translates the `ScoreOutput` back into its protocol's answer.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable
 from typing import TypeVar
 
 import anyio
@@ -25,8 +26,7 @@ from reward_service.metrics import ServiceMetrics
 from reward_service.request_counter import UNKNOWN_SCORER_LABEL, note_scorer_label
 from reward_service.scorers import ScoreOptions, ScoreOutput, Scorer, ScorerRegistry
 from reward_service.settings import ServiceSettings
-from shared.client import TIMEOUT_HEADER
-from shared.schemas import TruncationSide
+from shared.schemas import TIMEOUT_HEADER, TruncationSide
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,12 +34,6 @@ T = TypeVar("T")
 
 class ClientGone(Exception):
     """The client closed the connection before its scores were ready."""
-
-
-@dataclass(frozen=True)
-class Scored:
-    scorer: Scorer
-    output: ScoreOutput
 
 
 def registry_of(request: Request) -> ScorerRegistry:
@@ -79,65 +73,78 @@ async def _wait_for_disconnect(request: Request) -> None:
         pass
 
 
+def resolve_scorer(request: Request, scorer_name: str | None, class_logits_hint: str | None = None) -> Scorer:
+    """The scorer `scorer_name` names (None: the default; 404 if unknown), named for the request count.
+
+    With `class_logits_hint`, a scorer that gives one number per text rather than a logit per class is
+    refused before any work (422, the hint says what to send instead)."""
+    registry = registry_of(request)
+    # Labels only from configured names: a label per arbitrary URL would grow /metrics without bound.
+    label = registry.default if scorer_name is None else scorer_name
+    note_scorer_label(request.scope, label if label in registry.scorers else UNKNOWN_SCORER_LABEL)
+    scorer = registry.get(scorer_name)
+    if class_logits_hint is not None and not scorer.class_logits:
+        raise NoClassLogits(
+            f"scorer '{scorer.name}' gives one score per text, not a logit per class, so it has no "
+            f"class probabilities: {class_logits_hint}"
+        )
+    return scorer
+
+
 async def score_texts(
     request: Request,
     route: str,
-    scorer_name: str | None,
-    inputs: Callable[[ServiceSettings], list[str]],
+    scorer: Scorer,
+    texts: list[str],
     *,
     truncation_side: TruncationSide | None = None,
     return_labels: bool = False,
     truncate: bool = True,
-    class_logits_hint: str | None = None,
-) -> Scored:
-    """Score the texts that `inputs(settings)` returns once it has checked the limits (413/422).
+) -> ScoreOutput:
+    """`scorer`'s scores of `texts` (already checked against the limits), within the request's deadline.
 
     `truncate=False` refuses inputs longer than the model's window (413) instead of cutting them.
-    With `class_logits_hint`, a scorer that gives one number per text rather than a logit per class is
-    refused before any work (422, the hint says what to send instead).
     """
-    settings, metrics, registry = settings_of(request), metrics_of(request), registry_of(request)
-    # Labels only from configured names: a label per arbitrary URL would grow /metrics without bound.
-    label = registry.default if scorer_name is None else scorer_name
-    if label not in registry.scorers:
-        label = UNKNOWN_SCORER_LABEL
-    note_scorer_label(request.scope, label)
+    settings = settings_of(request)
     started = time.perf_counter()
+    budget_s = request_budget_s(request.headers, settings)
+    options = ScoreOptions(
+        truncation_side=truncation_side or settings.truncation_side,
+        return_labels=return_labels,
+        truncate=truncate,
+        deadline=time.monotonic() + budget_s,
+    )
+    output = (
+        await _score_within(request, route, scorer, texts, options, budget_s)
+        if texts
+        else ScoreOutput(scores=[], labels=[] if return_labels else None)
+    )
+    await _record(metrics_of(request), scorer, texts, started)
+    return output
+
+
+async def _score_within(
+    request: Request, route: str, scorer: Scorer, texts: list[str], options: ScoreOptions, budget_s: float
+) -> ScoreOutput:
+    """The scorer's output, or the one ServiceError that says why there is none."""
     try:
-        scorer = registry.get(scorer_name)
-        if class_logits_hint is not None and not scorer.class_logits:
-            raise NoClassLogits(
-                f"scorer '{scorer.name}' gives one score per text, not a logit per class, so it has no "
-                f"class probabilities: {class_logits_hint}"
-            )
-        texts = inputs(settings)
-        budget_s = request_budget_s(request.headers, settings)
-        options = ScoreOptions(
-            truncation_side=truncation_side or settings.truncation_side,
-            return_labels=return_labels,
-            truncate=truncate,
-            deadline=time.monotonic() + budget_s,
-        )
-        try:
-            async with asyncio.timeout(budget_s):
-                output = (
-                    await _unless_disconnected(request, scorer.score(texts, options))
-                    if texts
-                    else ScoreOutput(scores=[], labels=[] if return_labels else None)
-                )
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"scorer '{label}' could not score {len(texts)} input(s) within the request's deadline "
-                f"({budget_s:.1f} s: {TIMEOUT_HEADER} less a margin, or REWARD_REQUEST_TIMEOUT_S)"
-            ) from None
+        async with asyncio.timeout(budget_s):
+            return await _unless_disconnected(request, scorer.score(texts, options))
+    except TimeoutError:
+        raise DeadlineExceeded(
+            f"scorer '{scorer.name}' could not score {len(texts)} input(s) within the request's deadline "
+            f"({budget_s:.1f} s: {TIMEOUT_HEADER} less a margin, or REWARD_REQUEST_TIMEOUT_S)"
+        ) from None
     except (ServiceError, ClientGone, asyncio.CancelledError):
         # A shutdown is the only thing that cancels a request; ShutdownGuard answers it with 503.
         raise
     except Exception as exc:
-        log.exception("scorer '%s' failed unexpectedly on %s", label, route)
-        raise ScoringFailed(f"scorer '{label}' failed: {type(exc).__name__}: {exc}") from exc
+        log.exception("scorer '%s' failed unexpectedly on %s", scorer.name, route)
+        raise ScoringFailed(f"scorer '{scorer.name}' failed: {type(exc).__name__}: {exc}") from exc
+
+
+async def _record(metrics: ServiceMetrics, scorer: Scorer, texts: list[str], started: float) -> None:
     metrics.items.labels(scorer.name).inc(len(texts))
     if sum(map(len, texts)) > LARGE_REQUEST_CHARS:
         await anyio.to_thread.run_sync(release_freed_memory)
     metrics.request_latency.labels(scorer.name).observe(time.perf_counter() - started)
-    return Scored(scorer, output)

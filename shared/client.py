@@ -43,11 +43,16 @@ from shared.errors import (
     RewardScoringError,
     RewardServiceUnavailable,
 )
-from shared.schemas import ScoreOn, ScoreRequest, ScoreResponse, ScorersResponse, TruncationSide
+from shared.schemas import (
+    TIMEOUT_HEADER,
+    ScoreOn,
+    ScoreRequest,
+    ScoreResponse,
+    ScorersResponse,
+    TruncationSide,
+)
 
 RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
-# How long the client will wait for this attempt; the service answers 504 before it passes.
-TIMEOUT_HEADER = "X-Reward-Timeout-Ms"
 ModelT = TypeVar("ModelT", ScoreResponse, ScorersResponse)
 # How much of an answer the client reads, decompressed: a proxy's error page, a runaway server or a
 # gzip bomb must not take the trainer's memory. A 200 to a scoring request may hold labels and

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, comput
 
 ScoreOn = Literal["query_response", "response"]
 TruncationSide = Literal["left", "right"]
+# Request header: how long the client will wait for this attempt, in whole milliseconds; the service
+# answers 504 before it passes.
+TIMEOUT_HEADER = "X-Reward-Timeout-Ms"
 
 
 class _Strict(BaseModel):

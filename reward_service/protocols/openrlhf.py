@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 
 from reward_service.body_decoding import DecodedBodyRoute
 from reward_service.errors import InvalidInput, TooManyItems
-from reward_service.scoring import score_texts, settings_of
+from reward_service.scoring import resolve_scorer, score_texts, settings_of
 from reward_service.settings import ServiceSettings
 from reward_service.validation import check_texts
 from shared.schemas import ErrorBody, OpenRLHFRequest, OpenRLHFResponse
@@ -63,11 +63,13 @@ async def get_reward(request: Request, body: OpenRLHFRequest) -> OpenRLHFRespons
     settings = settings_of(request)
     _check(body, settings)
     texts = [strip_special_tokens(query, settings) for query in body.query]
+    if not texts:
+        return OpenRLHFResponse(rewards=[], scores=[], extra_logs={})
+    scorer = resolve_scorer(request, None)
     window = settings.max_items_per_request
     rewards: list[float] = []
     # One window at a time: a 2,048-item rollout does not take the whole queue from other clients.
     for start in range(0, len(texts), window):
-        part = texts[start : start + window]
-        scored = await score_texts(request, "/get_reward", None, lambda _, part=part: part)
-        rewards.extend(scored.output.scores)
+        output = await score_texts(request, "/get_reward", scorer, texts[start : start + window])
+        rewards.extend(output.scores)
     return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs={})

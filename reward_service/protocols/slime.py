@@ -13,8 +13,7 @@ from fastapi import APIRouter, Request
 from reward_service.body_decoding import DecodedBodyRoute
 from reward_service.errors import InvalidInput
 from reward_service.protocols.openrlhf import strip_special_tokens
-from reward_service.scoring import score_texts
-from reward_service.settings import ServiceSettings
+from reward_service.scoring import resolve_scorer, score_texts, settings_of
 from reward_service.validation import check_inputs
 from shared.schemas import ErrorBody, SlimeRequest
 
@@ -48,12 +47,11 @@ def prompt_text(prompt: str | list[dict[str, object]]) -> str:
 async def slime_reward(request: Request, body: SlimeRequest) -> float:
     """The reward of one sample, as a bare JSON number (leave slime's `--reward-key` unset)."""
     prompt = prompt_text(body.prompt)
-
-    def inputs(settings: ServiceSettings) -> list[str]:
-        # Limits apply to what the client sent, before the special tokens are stripped.
-        check_inputs("prompt", [prompt], settings)
-        check_inputs("response", [body.response], settings)
-        return [strip_special_tokens(prompt + body.response, settings)]
-
-    scored = await score_texts(request, "/slime/reward", None, inputs)
-    return scored.output.scores[0]
+    scorer = resolve_scorer(request, None)
+    settings = settings_of(request)
+    # Limits apply to what the client sent, before the special tokens are stripped.
+    check_inputs("prompt", [prompt], settings)
+    check_inputs("response", [body.response], settings)
+    text = strip_special_tokens(prompt + body.response, settings)
+    output = await score_texts(request, "/slime/reward", scorer, [text])
+    return output.scores[0]

@@ -23,7 +23,7 @@ from reward_service.errors import (
 )
 from reward_service.protocols.activation import default_activation, sigmoid, softmax
 from reward_service.protocols.errors import protocol_route
-from reward_service.scoring import score_texts
+from reward_service.scoring import resolve_scorer, score_texts, settings_of
 from reward_service.validation import check_inputs
 from shared.schemas import TruncationSide
 
@@ -148,17 +148,18 @@ async def _predict(
     texts, is_batch = body.batch()
     transform = body.transform()
     side: TruncationSide | None = body.truncation_direction.lower() if body.truncation_direction else None  # type: ignore[assignment]
-    scored = await score_texts(
+    hint = None if transform == "none" else 'send "raw_scores": true to get its score'
+    scorer = resolve_scorer(request, scorer_name, class_logits_hint=hint)
+    check_inputs("inputs", texts, settings_of(request))
+    output = await score_texts(
         request,
         route,
-        scorer_name,
-        lambda settings: check_inputs("inputs", texts, settings),
+        scorer,
+        texts,
         truncation_side=side,
         return_labels=True,
         truncate=body.truncate is not False,
-        class_logits_hint=None if transform == "none" else 'send "raw_scores": true to get its score',
     )
-    scorer, output = scored.scorer, scored.output
     top_k = body.parameters.top_k if body.parameters else None
     answers = []
     for index, score in enumerate(output.scores):

@@ -20,7 +20,7 @@ from reward_service.errors import InputTooLong, InvalidInput, UnknownScorer
 from reward_service.protocols.activation import default_activation
 from reward_service.protocols.errors import protocol_route
 from reward_service.scorers import ScorerRegistry
-from reward_service.scoring import registry_of, score_texts, settings_of
+from reward_service.scoring import registry_of, resolve_scorer, score_texts, settings_of
 from reward_service.validation import check_inputs, check_texts
 
 
@@ -153,18 +153,21 @@ async def classify(request: Request, body: ClassificationRequest) -> Classificat
         check_texts("model", [body.model], settings_of(request))
     texts = [body.input] if isinstance(body.input, str) else body.input
     activated = body.activated()
-    scored = await score_texts(
+    hint = 'send "use_activation": false to get its score as probs[0]' if activated else None
+    scorer = resolve_scorer(
+        request, scorer_for_model(registry_of(request), body.model), class_logits_hint=hint
+    )
+    check_inputs("input", texts, settings_of(request))
+    output = await score_texts(
         request,
         "/classify",
-        scorer_for_model(registry_of(request), body.model),
-        lambda settings: check_inputs("input", texts, settings),
+        scorer,
+        texts,
         # vLLM's truncate_prompt_tokens keeps the end of the prompt.
         truncation_side="left",
         return_labels=True,
         truncate=body.truncate_prompt_tokens is not None,
-        class_logits_hint='send "use_activation": false to get its score as probs[0]' if activated else None,
     )
-    scorer, output = scored.scorer, scored.output
     data = []
     for index, score in enumerate(output.scores):
         if output.labels is None:
