@@ -1,12 +1,23 @@
-"""JSON request bodies decoded with msgspec, so that parsing does not hold the event loop for seconds.
+"""JSON request bodies decoded with msgspec and validated off the event loop, so that parsing never
+holds the loop for long.
 
-FastAPI parses a JSON body with `json.loads` and then validates the Python objects with pydantic; on
-a 60 MB body that is seconds of the event loop (a thread does not help: both hold the GIL). Here a
-route first checks the body's keys against its model with msgspec, which stops at the first unknown
-key without reading its value (`{"texts": ["a"], "x": [0, 0, ... 30M]}` is refused at once), then
-decodes it with msgspec (several times faster than `json.loads`) and hands the result to FastAPI,
-whose pydantic validation runs as before. Errors keep pydantic's words: a body msgspec refuses for
-any other reason (bad JSON, NaN, a wrong type) takes FastAPI's own path unchanged.
+FastAPI parses a JSON body with `json.loads` and then validates the Python objects with pydantic, both
+on the event loop: on a 60 MB body that is seconds. Here a route's body is decoded by a msgspec Struct
+built from its model (`key_guard`): it refuses an unknown key at once, without reading its value
+(`{"texts": ["a"], "x": [0, 0, ... 30M]}`), and types the text fields (`str`, lists of `str`), so that
+a wrong type inside a huge list stops at the first wrong item (`{"texts": [0, 0, ... 30M]}`) instead
+of after decoding the rest. The other values are kept raw and decoded one by one. pydantic then
+validates the result as FastAPI would (python mode, the same errors), and FastAPI receives the model
+instance, which it does not validate again.
+
+Neither msgspec nor pydantic releases the GIL, but a thread gives it back to the loop between their
+calls: a body over `OFF_LOOP_BYTES` is decoded and validated in a worker thread, so the loop waits at
+most one such call (a few tens of milliseconds for the largest body), not the sum of them. Smaller
+bodies are decoded on the loop, where a thread's hand-off would cost more than the work.
+
+Errors keep pydantic's words. A small body that msgspec refuses for any other reason (bad JSON, NaN,
+an integer beyond 64 bits, a lone surrogate, a wrong type) takes FastAPI's own path unchanged; a large
+one with a wrong type is refused with msgspec's account of where and what (`loc`, `msg`, `type`).
 """
 
 from __future__ import annotations
@@ -17,30 +28,78 @@ import typing
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import anyio
 import msgspec
+import pydantic
 from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
+# Bodies larger than this are decoded and validated in a worker thread; a wrong type in one is refused
+# from msgspec's account, without decoding the rest.
+OFF_LOOP_BYTES = 256 * 1024
+
 _UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`(?: - at `\$(?P<path>[^`]*)`)?$")
+_WRONG_TYPE = re.compile(
+    r"(?P<what>Expected `(?P<expected>[^`]*)`, got `[^`]*`)(?: - at `\$(?P<path>[^`]*)`)?$"
+)
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+# pydantic's words for msgspec's expected types where one maps to one.
+_PYDANTIC_TYPE_ERRORS = {
+    "str": ("string_type", "Input should be a valid string"),
+    "array": ("list_type", "Input should be a valid list"),
+}
+
+
+class _Undecodable(Exception):
+    """msgspec cannot take this body as it is; FastAPI's own parsing and pydantic word the error."""
 
 
 def key_guard(model: type[BaseModel]) -> type[msgspec.Struct]:
-    """A msgspec Struct with `model`'s keys, refusing unknown ones; values are skipped (`Raw`), except
-    those of nested models that also refuse unknown keys, which are checked the same way."""
+    """A msgspec Struct with `model`'s keys, refusing unknown ones. Text fields are typed (a superset of
+    what pydantic accepts, so that nothing valid is refused); other values are kept raw (`Raw`),
+    except those of nested models that also refuse unknown keys, which are checked the same way."""
     fields: list[tuple[str, Any, Any]] = []
     for name, field in model.model_fields.items():
         nested = _forbidding_model(field.annotation)
-        kind: Any = key_guard(nested) | None if nested is not None else msgspec.Raw
+        kind: Any = key_guard(nested) | None if nested is not None else _text_type(field.annotation)
         fields.append((field.alias or name, kind, msgspec.UNSET))
     return msgspec.defstruct(f"{model.__name__}Keys", fields, forbid_unknown_fields=True)
 
 
+def _union_members(annotation: Any) -> tuple[Any, ...]:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _text_type(annotation: Any) -> Any:
+    """The msgspec type for a field made of strings: `str`, `list[str]`, `list[list[str]]`, unions of
+    them and None (lists merged into one list type, as msgspec takes one array type per union). Any
+    other field is `Raw`."""
+    members = _union_members(annotation)
+    scalars: list[Any] = []
+    items: list[Any] = []
+    for member in members:
+        if member is str or member is type(None):
+            scalars.append(member)
+        elif typing.get_origin(member) is list and len(typing.get_args(member)) == 1:
+            item = _text_type(typing.get_args(member)[0])
+            if item is msgspec.Raw:
+                return msgspec.Raw
+            items.append(item)
+        else:
+            return msgspec.Raw
+    if items:
+        scalars.append(list[typing.Union[tuple(items)]] if len(items) > 1 else list[items[0]])  # noqa: UP007
+    return typing.Union[tuple(scalars)] if len(scalars) > 1 else scalars[0]  # noqa: UP007
+
+
 def _forbidding_model(annotation: Any) -> type[BaseModel] | None:
     """The model in `annotation` (`Model` or `Model | None`) if it refuses unknown keys."""
-    candidates = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    candidates = _union_members(annotation)
     models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
     others = [c for c in candidates if c is not type(None) and c not in models]
     if len(models) == 1 and not others and models[0].model_config.get("extra") == "forbid":
@@ -48,50 +107,114 @@ def _forbidding_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _is_json(request: Request) -> bool:
-    # As FastAPI decides whether to parse a body as JSON: no content type, or application/(*+)json.
+def _content_type_is_json(request: Request) -> bool | None:
+    """As FastAPI decides whether to parse a body as JSON: application/(*+)json. None: no content
+    type (FastAPI then does not parse the body)."""
     content_type = request.headers.get("content-type")
     if not content_type:
-        return True
+        return None
     main = content_type.split(";", 1)[0].strip().lower()
     return main == "application/json" or (main.startswith("application/") and main.endswith("+json"))
 
 
-async def decode_body(request: Request, guard: type[msgspec.Struct]) -> None:
+def _loc(path: str | None) -> tuple[str | int, ...]:
+    """`.texts[3]` -> ("texts", 3)."""
+    return tuple(name if name else int(index) for name, index in _PATH_PART.findall(path or ""))
+
+
+def _decode(body: bytes, guard: type[msgspec.Struct]) -> dict[str, Any]:
+    """The body as `json.loads` would give it, checked by `guard`; raises RequestValidationError for an
+    unknown key (and a wrong type in a large body), `_Undecodable` for what msgspec cannot take."""
+    try:
+        keys = msgspec.json.decode(body, type=guard)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        if match := _UNKNOWN_FIELD.match(message):
+            loc = ("body", *_loc(match["path"]), match["name"])
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "extra_forbidden",
+                        "loc": loc,
+                        "msg": "Extra inputs are not permitted",
+                        "input": None,
+                    }
+                ]
+            ) from None
+        match = _WRONG_TYPE.match(message)
+        if match is None or len(body) <= OFF_LOOP_BYTES:
+            raise _Undecodable from None  # pydantic names it in its own words
+        kind, words = _PYDANTIC_TYPE_ERRORS.get(match["expected"], ("type_error", match["what"]))
+        loc = ("body", *_loc(match["path"]))
+        raise RequestValidationError([{"type": kind, "loc": loc, "msg": words, "input": None}]) from None
+    except msgspec.DecodeError:
+        raise _Undecodable from None
+    return _builtins(keys)
+
+
+def _builtins(keys: msgspec.Struct) -> dict[str, Any]:
+    decoded: dict[str, Any] = {}
+    for name in keys.__struct_fields__:
+        value = getattr(keys, name)
+        if value is msgspec.UNSET:
+            continue
+        if isinstance(value, msgspec.Raw):
+            try:
+                value = msgspec.json.decode(value)
+            except msgspec.DecodeError:  # e.g. an integer beyond 64 bits, which json.loads takes
+                raise _Undecodable from None
+        elif isinstance(value, msgspec.Struct):
+            value = _builtins(value)
+        decoded[name] = value  # the guard's field names are the model's aliases
+    return decoded
+
+
+def _decode_and_validate(
+    body: bytes, guard: type[msgspec.Struct], model: type[BaseModel] | None
+) -> dict[str, Any] | BaseModel:
+    decoded = _decode(body, guard)
+    if model is None:
+        return decoded
+    try:
+        return model.model_validate(decoded)
+    except pydantic.ValidationError as exc:
+        # As FastAPI words a body's errors: located under "body".
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+async def decode_body(
+    request: Request, guard: type[msgspec.Struct], model: type[BaseModel] | None = None
+) -> None:
     """Check the body's keys (an unknown one is pydantic's 422 `extra_forbidden`, naming it) and
-    decode it for FastAPI; a body msgspec cannot take is left for FastAPI to parse and word."""
+    decode it for FastAPI (validated as `model`, when given); a body msgspec cannot take is left for
+    FastAPI to parse and word."""
     try:
         body = await request.body()
     except ClientDisconnect:
         # As FastAPI answers a body it could not read (the connection layer has already sent the
         # client its 408, or the client is gone): a 400, never a traceback.
         raise HTTPException(status_code=400, detail="There was an error parsing the body") from None
-    if not body or not _is_json(request):
+    is_json = _content_type_is_json(request)
+    if not body or is_json is False:
         return
+    # Without a content type FastAPI does not parse the body: only its keys are checked here.
+    validate_as = model if is_json else None
     try:
-        msgspec.json.decode(body, type=guard)
-    except msgspec.ValidationError as exc:
-        match = _UNKNOWN_FIELD.match(str(exc))
-        if match is None:
-            return  # a wrong type: pydantic names it in its own words
-        path = [part for part in (match["path"] or "").split(".") if part]
-        loc = ("body", *path, match["name"])
-        raise RequestValidationError(
-            [{"type": "extra_forbidden", "loc": loc, "msg": "Extra inputs are not permitted", "input": None}]
-        ) from None
-    except msgspec.DecodeError:
+        if len(body) > OFF_LOOP_BYTES:
+            decoded = await anyio.to_thread.run_sync(_decode_and_validate, body, guard, validate_as)
+        else:
+            decoded = _decode_and_validate(body, guard, validate_as)
+    except _Undecodable:
         return
-    try:
-        decoded = msgspec.json.decode(body)
-    except msgspec.DecodeError:  # e.g. an integer beyond 64 bits, which json.loads takes
-        return
-    # Starlette's Request.json() caches its result here; FastAPI's body parsing reads it.
+    # Starlette's Request.json() caches its result here; FastAPI's body parsing reads it, and takes
+    # a model instance as it is.
     request._json = decoded  # noqa: SLF001
 
 
 class DecodedBodyRoute(APIRoute):
-    """An APIRoute whose JSON body (the endpoint's pydantic-model `body` parameter) is decoded by
-    `decode_body` before FastAPI validates it."""
+    """An APIRoute whose JSON body (the endpoint's pydantic-model `body` parameter) is decoded and
+    validated by `decode_body` before FastAPI sees it."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -101,7 +224,7 @@ class DecodedBodyRoute(APIRoute):
         guard = key_guard(model)
 
         async def handle(request: Request) -> Response:
-            await decode_body(request, guard)
+            await decode_body(request, guard, model)
             return await handler(request)
 
         return handle
