@@ -14,13 +14,11 @@ from typing import Any
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig
-from trl.experimental.ppo import PPOConfig
 
 from shared.errors import RewardClientError
 from trainer.config import RLAIFArguments, TrainingConfig, kl_weight, max_new_tokens, parse_args
 from trainer.data import DatasetError
 from trainer.evaluate import EvalReport, Sampling, evaluate_policies, write_report
-from trainer.group_train import build_group_trainer
 from trainer.preflight import PreflightError, check_trained_model, run_preflight
 from trainer.progress import hide_harmless_warnings
 from trainer.run_dir import (
@@ -30,11 +28,11 @@ from trainer.run_dir import (
     last_checkpoint,
     release_claimed_dirs,
 )
+from trainer.runners import RUNNERS
 from trainer.train import (
     TRAIN_LOG,
     DiskFullStop,
     TrainingInterrupted,
-    build_trainer,
     load_policy,
     load_tokenizer,
     reward_client,
@@ -255,12 +253,8 @@ def _train(script_args: RLAIFArguments, config: TrainingConfig, model_config: Mo
         run_preflight(script_args, model_config, config.output_dir)
     except PreflightError as exc:
         return _preflight_failed(script_args, exc)
-    if isinstance(config, PPOConfig):
-        trainer, _, splits = build_trainer(script_args, config, model_config)
-        resume_from = None  # PPO is resumed by build_trainer
-    else:
-        trainer, splits = build_group_trainer(script_args, config, model_config)
-        resume_from = last_checkpoint(config.output_dir) if script_args.resume else None
+    runner = RUNNERS[script_args.algorithm]
+    trainer, splits, resume_from = runner.build(script_args, config, model_config)
     try:
         result = run_training(trainer, resume_from)
     except TrainingInterrupted as exc:
@@ -268,9 +262,7 @@ def _train(script_args: RLAIFArguments, config: TrainingConfig, model_config: Mo
         return EXIT_DISK_FULL if isinstance(exc, DiskFullStop) else EXIT_REWARD_SERVICE
     if script_args.skip_eval or not trainer.accelerator.is_main_process:
         return 0
-    tuned = trainer.accelerator.unwrap_model(trainer.model)
-    if isinstance(config, PPOConfig):
-        tuned = tuned.policy  # PPO trains a policy + value wrapper
+    tuned = runner.trained_policy(trainer.accelerator.unwrap_model(trainer.model))
     lora = isinstance(tuned, PeftModel)
     # With LoRA the original policy is the same model with its adapter disabled.
     original = (

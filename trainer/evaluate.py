@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from shared.client import RewardClient
 from shared.schemas import ScoreOn, ScoreResponse
+from trainer.responses import response_figures
 from trainer.reward_bridge import response_token_counts
 from trainer.uncertainty import report_uncertainty
 
@@ -140,14 +141,6 @@ def change_pct(before: float, after: float) -> float | None:
     """Percent change of a mean, relative to the size of `before`: positive when the mean rose, also
     from a negative start (-2 -> -1 is +50%); None when `before` is 0."""
     return None if before == 0 else 100.0 * (after - before) / abs(before)
-
-
-def response_figures(texts: Sequence[str], tokens: Sequence[int | None]) -> dict[str, float | None]:
-    known = [t for t in tokens if t is not None]
-    return {
-        "mean_tokens": statistics.fmean(known) if known else None,
-        "empty_share": sum(not text.strip() for text in texts) / len(texts),
-    }
 
 
 def hacking_warnings(responses: dict[str, dict[str, float | None]]) -> list[str]:

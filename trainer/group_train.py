@@ -10,13 +10,12 @@ Checkpoints and `--resume` are the transformers Trainer's own.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, RLOOConfig, RLOOTrainer, get_peft_config
 
@@ -25,7 +24,10 @@ from shared.reward_function import PromptOrCompletion, RemoteReward, as_text
 from trainer.checkpoints import saving
 from trainer.config import RLAIFArguments
 from trainer.progress import use_step_lines
-from trainer.train import load_policy, load_tokenizer, reward_retry, splits_for
+from trainer.responses import is_empty, response_figures
+from trainer.run_dir import last_checkpoint
+from trainer.tensorboard import continue_tensorboard
+from trainer.train import ResumePoint, load_policy, load_tokenizer, reward_retry, splits_for
 
 PENALTY_NAME = "empty_response_penalty"
 
@@ -49,30 +51,38 @@ class ResponseShape:
         log_metric: Any = None,
         **kwargs: Any,
     ) -> list[float]:
-        empty = [not as_text(c).strip() for c in completions]
+        texts = [as_text(c) for c in completions]
         if log_metric is not None and completions:
             lengths = [
                 len(ids) - (1 if ids and ids[-1] == self.eos_token_id else 0) for ids in completion_ids or []
             ]
-            if lengths:
-                log_metric("response/mean_tokens", statistics.fmean(lengths))
-            log_metric("response/empty_share", sum(empty) / len(empty))
-        return [-self.penalty if is_empty else 0.0 for is_empty in empty]
+            shape = response_figures(texts, lengths)
+            if shape["mean_tokens"] is not None:
+                log_metric("response/mean_tokens", shape["mean_tokens"])
+            log_metric("response/empty_share", shape["empty_share"])
+        return [-self.penalty if is_empty(text) else 0.0 for text in texts]
+
+
+class _ServiceRewardInLogs(Trainer):
+    """Adds `reward/mean` to each log line: TRL's total reward less the empty-answer penalty, that
+    is the weighted service scores, the figure PPO's bridge logs under the same name.
+
+    It sits after TRL's trainer in the method order (see the trainers below), so its `log`
+    receives the line that TRL's `log` has just averaged, through the public `log` signature,
+    without reading TRL's private `_metrics`."""
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        total, penalty = logs.get("reward"), logs.get(f"rewards/{PENALTY_NAME}/mean")
+        if total is not None and penalty is not None:
+            logs["reward/mean"] = total - penalty
+        super().log(logs, start_time)
 
 
 class _RemoteRewardLogging:
-    """Adds `reward/mean` to each log line: TRL's total reward less the empty-answer penalty, that
-    is the weighted service scores, the figure PPO's bridge logs under the same name."""
+    """Reward clients, checkpoints whole or absent, and a save on demand (for a service outage)."""
 
-    _metrics: dict[str, dict[str, list[float]]]
     remote_rewards: list[RemoteReward]
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        metrics = self._metrics["train"]
-        total, penalty = metrics.get("reward", []), metrics.get(f"rewards/{PENALTY_NAME}/mean", [])
-        if total and len(total) == len(penalty):
-            metrics["reward/mean"] = [t - p for t, p in zip(total, penalty, strict=True)]
-        super().log(logs, start_time)  # type: ignore[misc]
+    checkpoints_hold_value_model = False  # no critic
 
     def close_reward_clients(self) -> None:
         for reward in self.remote_rewards:
@@ -94,11 +104,11 @@ class _RemoteRewardLogging:
         return Path(self.args.output_dir) / f"checkpoint-{step}"  # type: ignore[attr-defined]
 
 
-class RemoteRewardGRPOTrainer(_RemoteRewardLogging, GRPOTrainer):
+class RemoteRewardGRPOTrainer(_RemoteRewardLogging, GRPOTrainer, _ServiceRewardInLogs):
     pass
 
 
-class RemoteRewardRLOOTrainer(_RemoteRewardLogging, RLOOTrainer):
+class RemoteRewardRLOOTrainer(_RemoteRewardLogging, RLOOTrainer, _ServiceRewardInLogs):
     pass
 
 
@@ -137,8 +147,9 @@ def prompt_dataset(split: Dataset, tokenizer: PreTrainedTokenizerBase) -> Datase
 
 def build_group_trainer(
     script_args: RLAIFArguments, config: GRPOConfig | RLOOConfig, model_config: ModelConfig
-) -> tuple[RemoteRewardGRPOTrainer | RemoteRewardRLOOTrainer, DatasetDict]:
-    """Everything up to `train()` for GRPO or RLOO."""
+) -> tuple[RemoteRewardGRPOTrainer | RemoteRewardRLOOTrainer, DatasetDict, Path | None]:
+    """Everything up to `train()` for GRPO or RLOO, and the checkpoint to resume from (with
+    --resume: the newest complete one), which `train(resume_from_checkpoint=...)` restores."""
     base = model_config.model_name_or_path
     assert base, "model_name_or_path is required"
     tokenizer = load_tokenizer(base, model_config)
@@ -162,4 +173,7 @@ def build_group_trainer(
     )
     trainer.remote_rewards = rewards
     use_step_lines(trainer)
-    return trainer, splits
+    resume_from = last_checkpoint(config.output_dir) if script_args.resume else None
+    if resume_from is not None:
+        continue_tensorboard(trainer, ResumePoint.read(resume_from).global_step)
+    return trainer, splits, resume_from

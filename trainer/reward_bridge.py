@@ -30,6 +30,7 @@ from trl.experimental.utils import first_true_indices
 
 from shared.client import RewardClient
 from shared.schemas import ScoreOn
+from trainer.responses import is_empty, response_figures
 
 # Every name TRL's PPO loop must still expose for this bridge to work; checked by the bridge test.
 TRL_VERSION = "1.12.0"
@@ -42,16 +43,16 @@ class RewardCallStats:
 
     scores: list[float] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)
+    responses: list[str] = field(default_factory=list)
     response_tokens: list[int] = field(default_factory=list)
-    empty_responses: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, scores: list[float], latency_s: float, empty: list[bool], tokens: list[int]) -> None:
+    def record(self, scores: list[float], latency_s: float, responses: list[str], tokens: list[int]) -> None:
         with self._lock:
             self.scores.extend(scores)
             self.latencies_s.append(latency_s)
+            self.responses.extend(responses)
             self.response_tokens.extend(tokens)
-            self.empty_responses += sum(empty)
 
     def pop(self) -> dict[str, float]:
         """Summary of the calls since the last pop (empty dict if there were none).
@@ -60,22 +61,23 @@ class RewardCallStats:
         while answers shrink to nothing is reward hacking, not learning.
         """
         with self._lock:
-            scores, latencies, tokens, empty = (
+            scores, latencies, responses, tokens = (
                 self.scores,
                 self.latencies_s,
+                self.responses,
                 self.response_tokens,
-                self.empty_responses,
             )
-            self.scores, self.latencies_s, self.response_tokens, self.empty_responses = [], [], [], 0
+            self.scores, self.latencies_s, self.responses, self.response_tokens = [], [], [], []
         if not scores:
             return {}
+        shape = response_figures(responses, tokens)
         return {
             "reward/mean": statistics.fmean(scores),
             "reward/std": statistics.pstdev(scores),
             "reward/call_latency_s": statistics.fmean(latencies),
             "reward/calls": float(len(latencies)),
-            "response/mean_tokens": statistics.fmean(tokens),
-            "response/empty_share": empty / len(scores),
+            "response/mean_tokens": shape["mean_tokens"],
+            "response/empty_share": shape["empty_share"],
         }
 
 
@@ -132,14 +134,13 @@ class RemoteRewardModel(nn.Module):
         result = self.client.score(
             queries=queries, responses=responses, scorer=self.scorer, score_on=self.score_on
         )
-        empty = [not text.strip() for text in responses]
         tokens = response_token_counts(query_responses[:, context_length:], self.tokenizer)
-        self.stats.record(result.scores, time.perf_counter() - started, empty, tokens)
+        self.stats.record(result.scores, time.perf_counter() - started, responses, tokens)
         # Shaping, visible in the config and in TRL's objective/scores: the service's scores
         # (reward/mean) are never altered, an empty answer just costs `empty_response_penalty`.
         shaped = [
-            score - self.empty_response_penalty if is_empty else score
-            for score, is_empty in zip(result.scores, empty, strict=True)
+            score - self.empty_response_penalty if is_empty(text) else score
+            for score, text in zip(result.scores, responses, strict=True)
         ]
         return torch.tensor(shaped, dtype=torch.float32, device=query_responses.device)
 

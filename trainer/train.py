@@ -46,6 +46,7 @@ from trainer.config import RLAIFArguments
 from trainer.data import build_splits
 from trainer.progress import use_step_lines
 from trainer.run_dir import last_checkpoint, mark_finished
+from trainer.tensorboard import continue_tensorboard
 from trainer.waiting import WaitingRetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -263,6 +264,7 @@ class RemoteRewardPPOTrainer(PPOTrainer):
     """TRL's PPOTrainer, plus the reward service's per-step figures in every log line."""
 
     reward_model: reward_bridge.RemoteRewardModel
+    checkpoints_hold_value_model = True  # value_model/ beside the policy
     # transformers' Trainer.__init__ sets this; TRL's PPOTrainer skips that __init__, and `_save`
     # reads it on every process but the main one.
     is_distributed_loading_by_transformers = False
@@ -386,6 +388,7 @@ def build_trainer(
         load_optimizer_and_scheduler(trainer, point.checkpoint)
         trainer.dataloader = ResumedBatches(trainer.dataloader, point.global_step)
         trainer.add_callback(ResumeCounters(point, full_steps, trainer))
+        continue_tensorboard(trainer, point.global_step)
         logger.info("resuming from %s at step %d of %d", point.checkpoint, point.global_step, full_steps)
     return trainer, point, splits
 
@@ -452,9 +455,9 @@ def _disk_full(trainer: Any, exc: DiskFull) -> DiskFullStop:
     """Stop cleanly: remove the half-written checkpoint, name the last whole one and what to free."""
     step = trainer.state.global_step
     output_dir = Path(trainer.args.output_dir)
-    ppo = isinstance(trainer.args, PPOConfig)
-    removed = remove_if_incomplete(exc.folder, value_model=ppo)
-    last = last_checkpoint(output_dir, value_model=ppo)
+    value_model = trainer.checkpoints_hold_value_model
+    removed = remove_if_incomplete(exc.folder, value_model=value_model)
+    last = last_checkpoint(output_dir, value_model=value_model)
     existing = next(p for p in (output_dir, *output_dir.parents) if p.exists())
     free_mb = shutil.disk_usage(existing).free / 2**20
     lost = f"the partial {exc.folder.name} was removed; " if removed else ""
