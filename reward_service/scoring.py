@@ -22,6 +22,7 @@ from reward_service.allocator import LARGE_REQUEST_CHARS, release_freed_memory
 from reward_service.deadline import request_budget_s
 from reward_service.errors import DeadlineExceeded, NoClassLogits, ScoringFailed, ServiceError
 from reward_service.metrics import ServiceMetrics
+from reward_service.request_context import record_engine_call
 from reward_service.request_counter import UNKNOWN_SCORER_LABEL, note_scorer_label
 from reward_service.scorers import ScoreOptions, ScoreOutput, Scorer, ScorerRegistry
 from reward_service.settings import ServiceSettings
@@ -136,6 +137,9 @@ async def score_texts(
     except Exception as exc:
         log.exception("scorer '%s' failed unexpectedly on %s", label, route)
         raise ScoringFailed(f"scorer '{label}' failed: {type(exc).__name__}: {exc}") from exc
+    # The scorer returns its engine calls' timings; the response's timing headers show them.
+    for call in output.engine_calls:
+        record_engine_call(call.tokenization_s, call.queue_s, call.inference_s)
     metrics.items.labels(scorer.name).inc(len(texts))
     if sum(map(len, texts)) > LARGE_REQUEST_CHARS:
         await anyio.to_thread.run_sync(release_freed_memory)
