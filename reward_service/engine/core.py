@@ -177,15 +177,15 @@ class EngineCore:
     def _measure_rate(self, runner: ModelRunner, model_config: object) -> None:
         """Time a warm-up batch as large as the smallest that sets the rate, so that admission by
         work has a rate before the first request: without one, every request of a burst at start-up
-        is admitted, and all of them miss their deadline together. The first batch pays one-time
-        costs (allocations, kernel selection), so the second one is timed."""
+        is admitted, and all of them miss their deadline together. One batch: it delays readiness
+        (and every restart). It pays one-time costs too (allocations), so its rate errs on the slow
+        side, and the first real batch replaces it."""
         window = getattr(model_config, "max_position_embeddings", WARMUP_SEQUENCE_TOKENS + 2) - 2
         length = max(1, min(WARMUP_SEQUENCE_TOKENS, window, self.config.max_batch_tokens))
         wanted = -(-self.admission.min_rate_tokens // length)
         rows = max(1, min(wanted, self.config.max_batch_tokens // length))
         token = min(WARMUP_TOKEN_ID, getattr(model_config, "vocab_size", WARMUP_TOKEN_ID + 1) - 1)
         batch = [np.full(length, token, dtype=protocol.TOKEN_DTYPE)] * rows
-        runner.collect(runner.launch(batch))
         started = time.monotonic()
         runner.collect(runner.launch(batch))
         self.admission.observe(rows * length, time.monotonic() - started, provisional=True)
