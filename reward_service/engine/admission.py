@@ -8,10 +8,9 @@ It is refused (503 + Retry-After at the front end) when its own estimate is past
 when taking it would push a request already admitted, still on time, past its own deadline: the
 requests admitted are the ones that finish, instead of every one of them missing its deadline.
 
-The engine times a warm-up batch once its model has loaded, so a rate is known before the first
-request (a burst of large requests at start-up would otherwise all be admitted, and all miss their
-deadline). Where no rate is known, every request is admitted: without one there is no evidence that
-it cannot finish, and refusing work that would have finished wastes as much as a 504.
+Before a large enough batch has given a rate, every request is admitted: without a rate there is
+no evidence that it cannot finish, and refusing work that would have finished (concurrent large
+requests at start-up, say) wastes as much as a 504. Its deadline still bounds it.
 """
 
 from __future__ import annotations
@@ -49,22 +48,18 @@ class Admission:
         # Small batches do not set the rate: their fixed per-batch cost dominates, so after a run of
         # one-sample requests the rate would look many times slower than a large request gets, and
         # large requests that would finish in time would be refused.
-        self.min_rate_tokens = min_rate_tokens
-        self._provisional = False
+        self._min_rate_tokens = min_rate_tokens
 
-    def observe(self, tokens: int, seconds: float, provisional: bool = False) -> None:
-        """A batch of `tokens` real (unpadded) tokens took `seconds` of the engine's time.
-
-        A `provisional` rate (the warm-up batch's) is replaced whole by the first real batch's,
-        rather than averaged with it: its sequences do not have the requests' shape."""
-        if tokens <= 0 or seconds <= 0 or tokens < self.min_rate_tokens:
+    def observe(self, tokens: int, seconds: float) -> None:
+        """A batch of `tokens` real (unpadded) tokens took `seconds` of the engine's time."""
+        if tokens <= 0 or seconds <= 0 or tokens < self._min_rate_tokens:
             return
         rate = tokens / seconds
-        if self.tokens_per_s is None or self._provisional:
-            self.tokens_per_s = rate
-        else:
-            self.tokens_per_s = (1 - RATE_SMOOTHING) * self.tokens_per_s + RATE_SMOOTHING * rate
-        self._provisional = provisional
+        self.tokens_per_s = (
+            rate
+            if self.tokens_per_s is None
+            else (1 - RATE_SMOOTHING) * self.tokens_per_s + RATE_SMOOTHING * rate
+        )
 
     def refusal(self, tokens: int, budget_s: float | None, queued: list[Queued]) -> str | None:
         """Why a request of `tokens` with `budget_s` seconds left must be refused now, or None."""

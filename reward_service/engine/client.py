@@ -163,8 +163,6 @@ class EngineClient:
                 continue
             if isinstance(message, protocol.EngineStatus):
                 self.status = message
-                if message.tokens_per_s > 0:
-                    self.tokens_per_s = message.tokens_per_s
             future = self._waiting.get(message.request_id)
             if future is not None and not future.done():
                 future.set_result(message)

@@ -44,10 +44,6 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_MS = 200
 EXIT_MODEL_BROKEN = 70
-# The warm-up batch that gives the first rate: sequences of this many tokens of an ordinary id (the
-# model's cost does not depend on which ids).
-WARMUP_SEQUENCE_TOKENS = 128
-WARMUP_TOKEN_ID = 100
 
 
 @dataclass
@@ -159,7 +155,6 @@ class EngineCore:
             self._runner = ModelRunner(
                 model, device, pad, self.config.max_batch_tokens, self.metrics.oom_splits.inc
             )
-            self._measure_rate(self._runner, model.config)
             self._device, self._dtype = str(device), str(dtype).removeprefix("torch.")
             self._state = "ready"
             log.info(
@@ -173,22 +168,6 @@ class EngineCore:
             log.exception("engine for %s could not load %s", self.config.scorer, self.config.model_path)
             self._error = f"failed to load {self.config.model_path}: {type(exc).__name__}: {exc}"
             self._state = "failed"
-
-    def _measure_rate(self, runner: ModelRunner, model_config: object) -> None:
-        """Time a warm-up batch as large as the smallest that sets the rate, so that admission by
-        work has a rate before the first request: without one, every request of a burst at start-up
-        is admitted, and all of them miss their deadline together. One batch: it delays readiness
-        (and every restart). It pays one-time costs too (allocations), so its rate errs on the slow
-        side, and the first real batch replaces it."""
-        window = getattr(model_config, "max_position_embeddings", WARMUP_SEQUENCE_TOKENS + 2) - 2
-        length = max(1, min(WARMUP_SEQUENCE_TOKENS, window, self.config.max_batch_tokens))
-        wanted = -(-self.admission.min_rate_tokens // length)
-        rows = max(1, min(wanted, self.config.max_batch_tokens // length))
-        token = min(WARMUP_TOKEN_ID, getattr(model_config, "vocab_size", WARMUP_TOKEN_ID + 1) - 1)
-        batch = [np.full(length, token, dtype=protocol.TOKEN_DTYPE)] * rows
-        started = time.monotonic()
-        runner.collect(runner.launch(batch))
-        self.admission.observe(rows * length, time.monotonic() - started, provisional=True)
 
     def _finished(self, in_flight: _InFlight | None) -> bool:
         if os.getppid() != self._parent:
@@ -230,13 +209,7 @@ class EngineCore:
     def _handle(self, client: bytes, message: protocol.ToEngine) -> None:
         if isinstance(message, protocol.StatusQuery):
             status = protocol.EngineStatus(
-                message.request_id,
-                self._state,
-                os.getpid(),
-                self._device,
-                self._dtype,
-                self._error,
-                self.admission.tokens_per_s or 0.0,
+                message.request_id, self._state, os.getpid(), self._device, self._dtype, self._error
             )
             self._send(client, status)
         elif isinstance(message, protocol.CancelItems):

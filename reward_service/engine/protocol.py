@@ -83,8 +83,6 @@ class EngineStatus(msgspec.Struct, tag=True, frozen=True):
     device: str | None = None
     dtype: str | None = None
     error: str | None = None
-    # The engine's measured throughput (its warm-up batch, then real ones); 0 until measured.
-    tokens_per_s: float = 0.0
 
 
 class EngineConfig(msgspec.Struct, frozen=True):

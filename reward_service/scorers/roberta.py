@@ -61,9 +61,7 @@ def load_classifier_card(model_path: str) -> ClassifierCard:
         window -= 2
     max_tokens = min(window, tokenizer.model_max_length)
     labels = [id2label[i] for i in sorted(id2label)]
-    window_tokenizer = WindowTokenizer(tokenizer, max_tokens, model_path)
-    window_tokenizer.measure_rate()
-    return ClassifierCard(labels, reward_index, window_tokenizer)
+    return ClassifierCard(labels, reward_index, WindowTokenizer(tokenizer, max_tokens, model_path))
 
 
 class RobertaScorer(Scorer):

@@ -87,14 +87,6 @@ class WindowTokenizer:
                     first_truncated = len(ids) - 1 if first_truncated is None else first_truncated
         return Tokenized(ids, truncated, first_truncated)
 
-    def measure_rate(self) -> None:
-        """Set `tokens_per_s` from a warm-up batch of ordinary English, so that admission has a
-        rate before the first large request; real requests refine it."""
-        words = "the quick brown fox jumps over a lazy dog while rivers run to the sea".split()
-        text = " ".join(words[i % len(words)] for i in range(self.max_tokens))
-        texts = [text] * max(1, -(-MEASURED_TOKENIZE_TOKENS // self.max_tokens))
-        self.timed_tokenize(texts, "left")
-
     def timed_tokenize(self, texts: list[str], side: TruncationSide) -> Tokenized:
         """`tokenize`, updating `tokens_per_s` when the batch is large enough to time fairly."""
         started = time.perf_counter()
