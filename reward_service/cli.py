@@ -20,7 +20,6 @@ import sys
 import tempfile
 
 import uvicorn
-from fastapi import FastAPI
 from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
@@ -31,7 +30,7 @@ from reward_service.engine.pool import EngineProcesses, engine_scorers
 from reward_service.logs import log_config
 from reward_service.metrics import MULTIPROCESS_ENV, ServiceMetrics
 from reward_service.scorers import build_registry
-from reward_service.settings import SETTINGS_ENV, ServiceSettings, settings_from_parent
+from reward_service.settings import SETTINGS_ENV, ServiceSettings
 
 log = logging.getLogger("reward_service")
 
@@ -71,11 +70,6 @@ def parse_settings(argv: list[str] | None = None) -> ServiceSettings:
         return ServiceSettings(_cli_settings_source=flags(args=args))
     except ValidationError as exc:
         parser.exit(2, f"{parser.prog}: invalid settings (flags, REWARD_* variables or .env): {exc}\n")
-
-
-def worker_app() -> FastAPI:
-    """The app of one `--workers N` process (uvicorn's factory), with the settings its parent serialized."""
-    return create_app(settings_from_parent())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,7 +122,7 @@ def _run_workers(settings: ServiceSettings, options: dict[str, object]) -> None:
         os.environ[MULTIPROCESS_ENV] = metrics_dir
         os.environ[SETTINGS_ENV] = settings.serialize()
         uvicorn.run(
-            "reward_service.cli:worker_app",
+            "reward_service.app:worker_app",
             factory=True,
             workers=settings.workers,
             http=WORKER_PROTOCOL_PATH,
