@@ -112,7 +112,7 @@ class RobertaScorer(Scorer):
         state, error = self._state, self._error
         if state == "ready" and not self.ready:
             failed = [s.error for s in statuses if s.state == "failed"]
-            all_failed = failed and len(failed) == len(self._engines.clients)
+            all_failed = bool(failed) and len(failed) == len(self._engines.clients)
             state, error = ("failed", failed[0]) if all_failed else ("loading", None)
         first = next((s for s in statuses if s.device), None)
         return ScorerInfo(
