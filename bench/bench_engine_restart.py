@@ -107,8 +107,8 @@ def main() -> None:
     subprocess.run([sys.executable, "-c", "import reward_service.engine.core"], check=True)
     import_s = time.monotonic() - started
 
-    config = EngineConfig("bench", "", str(model), "cpu", "auto", 16384, 256, 2.0, 4096)
-    supervisor = EngineSupervisor("bench", [config], tempfile.mkdtemp(prefix="bench-metrics-"), "warning")
+    config = EngineConfig("bench", "", str(model), "cpu", "auto", 16384, 256, 2.0, 4096, log_level="warning")
+    supervisor = EngineSupervisor("bench", [config], tempfile.mkdtemp(prefix="bench-metrics-"))
     supervisor.start()
     [address] = supervisor.addresses
     probe = _Probe(address)

@@ -92,7 +92,13 @@ def main() -> None:
         truncated: list[int] = []
 
         def send(i: int) -> None:
-            answer = httpx.post(url + "/" + args.route, json=bodies[i % len(bodies)], timeout=600)
+            # A long deadline: this measures memory, and a busy machine must not turn it into 504s.
+            answer = httpx.post(
+                url + "/" + args.route,
+                json=bodies[i % len(bodies)],
+                headers={"X-Reward-Timeout-Ms": "590000"},
+                timeout=600,
+            )
             answer.raise_for_status()
             # /get_reward does not report truncation: count the rewards instead.
             truncated.append(answer.json().get("truncated", len(answer.json().get("rewards", []))))

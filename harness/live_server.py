@@ -1,4 +1,7 @@
-"""Run an ASGI app with uvicorn on a loopback port in a background thread, for real-HTTP tests."""
+"""Run an ASGI app with uvicorn on a loopback port in a background thread, for real-HTTP tests.
+
+The service's app is served with its connection protocol (header and body timeouts, header size
+and connection bounds, from the app's settings), as `reward-service` serves it."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
+from reward_service.connections import protocol_class
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -23,7 +28,11 @@ class LiveServer:
     def __init__(self, app: ASGIApp, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        settings = getattr(getattr(app, "state", None), "settings", None)
+        http = protocol_class(settings) if settings is not None else "auto"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", http=http
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

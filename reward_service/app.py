@@ -23,7 +23,7 @@ from reward_service.routes import router
 from reward_service.scorers import ScorerRegistry, build_registry
 from reward_service.scoring import ClientGone
 from reward_service.security import BearerAuth, BodySizeLimit, ShutdownGuard
-from reward_service.settings import ServiceSettings
+from reward_service.settings import ServiceSettings, settings_from_parent
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +136,9 @@ def create_app(
     # Outermost, so that it sees the cancellation whichever layer was running.
     app.add_middleware(ShutdownGuard, retry_after_s=settings.retry_after_s)
     return app
+
+
+def worker_app() -> FastAPI:
+    """The app of one `reward-service --workers N` process (uvicorn's factory, imported by name in
+    each worker, so it lives here and not in the heavier `cli`): the settings its parent serialized."""
+    return create_app(settings_from_parent())

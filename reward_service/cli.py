@@ -1,8 +1,10 @@
 """`reward-service` command: the engines, and the uvicorn front end(s) that feed them.
 
-With one front-end worker (the default) the app starts its engines itself, exactly as tests and
-the demo run it. With `--workers N`, this process starts the engines first, then N uvicorn worker
-processes that attach to them, and stops the engines once the workers have drained.
+The settings are read once, here (flags, REWARD_* variables, .env). With one front-end worker (the
+default) the app gets them as an argument and starts its engines itself, exactly as tests and the
+demo run it. With `--workers N`, this process starts the engines first, then N uvicorn worker
+processes that attach to them; the workers read the settings this process serialized into
+`SETTINGS_ENV` (engine sockets included), and the engines are stopped once the workers have drained.
 """
 
 from __future__ import annotations
@@ -23,15 +25,13 @@ from pydantic_settings import CliSettingsSource
 
 from reward_service import __version__
 from reward_service.app import create_app, default_scorer_error
-from reward_service.connections import PROTOCOL_PATH, raise_open_file_limit
-from reward_service.engine.supervisor import EngineSupervisor
+from reward_service.connections import WORKER_PROTOCOL_PATH, protocol_class, raise_open_file_limit
+from reward_service.engine.pool import EngineProcesses, engine_scorers
 from reward_service.logs import log_config
 from reward_service.metrics import MULTIPROCESS_ENV, ServiceMetrics
 from reward_service.scorers import build_registry
-from reward_service.scorers.roberta import engine_configs
-from reward_service.settings import ServiceSettings
+from reward_service.settings import SETTINGS_ENV, ServiceSettings
 
-CLASSIFIER_SCORER = "roberta-hate"
 log = logging.getLogger("reward_service")
 
 
@@ -72,22 +72,8 @@ def parse_settings(argv: list[str] | None = None) -> ServiceSettings:
         parser.exit(2, f"{parser.prog}: invalid settings (flags, REWARD_* variables or .env): {exc}\n")
 
 
-def export_to_children(settings: ServiceSettings) -> None:
-    """Put every explicitly set value in this process's environment as its REWARD_* variable.
-
-    `--workers N` processes and the connection limits read their settings from the environment
-    (uvicorn imports the app by name), so values given as flags must be there too.
-    """
-    for name, value in settings.to_env().items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
-    export_to_children(settings)
     logging_config = log_config(settings.log_level, settings.log_format)
     logging.config.dictConfig(logging_config)
     fatal: list[str] = []
@@ -104,7 +90,6 @@ def main(argv: list[str] | None = None) -> None:
     # Children (engines, workers) inherit the raised limit; REWARD_MAX_CONNECTIONS is checked against it.
     raise_open_file_limit()
     options = {
-        "http": PROTOCOL_PATH,
         "timeout_keep_alive": settings.keep_alive_s,
         "host": settings.host,
         "port": settings.port,
@@ -114,25 +99,19 @@ def main(argv: list[str] | None = None) -> None:
         "timeout_graceful_shutdown": settings.graceful_shutdown_s,
     }
     if settings.workers == 1:
-        uvicorn.run(create_app(settings, on_fatal=stop_for_good), **options)
+        app = create_app(settings, on_fatal=stop_for_good)
+        uvicorn.run(app, http=protocol_class(settings), **options)
         sys.exit(1 if fatal else 0)
     _run_workers(settings, options)
 
 
 def _run_workers(settings: ServiceSettings, options: dict[str, object]) -> None:
     metrics_dir = tempfile.mkdtemp(prefix="reward-metrics-")
-    supervisor = None
-    if CLASSIFIER_SCORER in settings.scorers:
-        supervisor = EngineSupervisor(
-            CLASSIFIER_SCORER,
-            engine_configs(CLASSIFIER_SCORER, settings),
-            metrics_dir,
-            settings.log_level,
-            settings.log_format,
-        )
-        supervisor.start()
-        settings = settings.model_copy(update={"engine_addresses": supervisor.addresses})
-        os.environ["REWARD_ENGINE_ADDRESSES"] = ",".join(supervisor.addresses)
+    engines = None
+    if engine_scorers(settings):
+        engines = EngineProcesses(settings, metrics_dir)
+        engines.start()
+        settings = settings.model_copy(update={"engine_addresses": engines.addresses})
     try:
         # Workers would each report a broken default scorer only in /readyz; find out here, once,
         # and exit with the reason before any of them starts.
@@ -141,10 +120,17 @@ def _run_workers(settings: ServiceSettings, options: dict[str, object]) -> None:
             sys.exit(1)
         # Set before any worker starts, so that every process writes its figures where /metrics reads.
         os.environ[MULTIPROCESS_ENV] = metrics_dir
-        uvicorn.run("reward_service.app:create_app", factory=True, workers=settings.workers, **options)
+        os.environ[SETTINGS_ENV] = settings.serialize()
+        uvicorn.run(
+            "reward_service.app:worker_app",
+            factory=True,
+            workers=settings.workers,
+            http=WORKER_PROTOCOL_PATH,
+            **options,
+        )
     finally:
-        if supervisor is not None:
-            supervisor.stop(settings.graceful_shutdown_s)
+        if engines is not None:
+            engines.stop(settings.graceful_shutdown_s)
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 

@@ -4,9 +4,9 @@ and a bound on open connections.
 uvicorn reads a request's headers with no time or size limit and accepts connections until the
 process runs out of file descriptors, so a few thousand idle or dribbling sockets lock every client
 out (nothing logged), and one 64 MB header stalls the event loop for seconds. `LimitedHttpProtocol`
-is uvicorn's httptools protocol with those limits added; `reward-service` passes it as uvicorn's
-`http` protocol (by import path, so that `--workers N` processes load it too). It reads its limits
-from the REWARD_* settings, like the app.
+is uvicorn's httptools protocol with those limits added. `protocol_class(settings)` binds it to
+one settings object, for a server in this process (`reward-service`, the in-process test server);
+`--workers N` processes import `WORKER_PROTOCOL_PATH`, bound to the settings their parent serialized.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import json
 import logging
 import resource
 import time
+from dataclasses import dataclass
+from typing import ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from reward_service.settings import ServiceSettings
+from reward_service.settings import ServiceSettings, settings_from_parent
 
-PROTOCOL_PATH = "reward_service.connections:LimitedHttpProtocol"
+WORKER_PROTOCOL_PATH = "reward_service.connections:WorkerHttpProtocol"
 # File descriptors kept for what is not a client connection (engine sockets, model files, logs).
 RESERVED_FDS = 128
 REFUSAL_LOG_EVERY_S = 10.0
@@ -58,10 +60,42 @@ def connection_bound(settings: ServiceSettings) -> int:
     return settings.max_connections
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int
+    max_header_bytes: int
+    header_timeout_s: float
+    body_timeout_s: float
+    retry_after_s: int
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> ConnectionLimits:
+        return cls(
+            max_connections=connection_bound(settings),
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
+            retry_after_s=settings.retry_after_s,
+        )
+
+
+def protocol_class(settings: ServiceSettings) -> type[LimitedHttpProtocol]:
+    """`LimitedHttpProtocol` with the limits of `settings`, for one uvicorn server's `http` option."""
+    namespace = {"limits": ConnectionLimits.from_settings(settings), "awaiting_headers": {}}
+    return type("LimitedHttpProtocol", (LimitedHttpProtocol,), namespace)
+
+
 @functools.cache
-def _limits() -> tuple[ServiceSettings, int]:
-    settings = ServiceSettings()
-    return settings, connection_bound(settings)
+def _worker_protocol() -> type[LimitedHttpProtocol]:
+    return protocol_class(settings_from_parent())
+
+
+def __getattr__(name: str) -> object:
+    # `WorkerHttpProtocol` is built when a `--workers N` process first imports it (uvicorn imports
+    # WORKER_PROTOCOL_PATH by name), from the settings its parent serialized.
+    if name == "WorkerHttpProtocol":
+        return _worker_protocol()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _plain_response(status_line: bytes, detail: str, extra_headers: bytes = b"") -> bytes:
@@ -100,12 +134,17 @@ _evictions = _RateLimitedWarning(
 _refusals = _RateLimitedWarning(
     "refused %d connection(s) with 503, every open one being busy: %d open, REWARD_MAX_CONNECTIONS=%d"
 )
-# Connections waiting for a request's headers, oldest first: what is evicted when the bound is hit.
-_awaiting_headers: dict[LimitedHttpProtocol, None] = {}
 
 
 class LimitedHttpProtocol(HttpToolsProtocol):
-    """One HTTP/1.1 connection with read timeouts, a header size limit and a global bound."""
+    """One HTTP/1.1 connection with read timeouts, a header size limit and a bound on connections.
+
+    Use a subclass from `protocol_class`, which sets the class attributes below."""
+
+    limits: ClassVar[ConnectionLimits]
+    # This server's connections waiting for a request's headers, oldest first: what is evicted
+    # when the bound is hit.
+    awaiting_headers: ClassVar[dict[LimitedHttpProtocol, None]]
 
     _header_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
@@ -114,7 +153,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     _refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        settings, bound = _limits()
+        limits = self.limits
+        bound = limits.max_connections
         if len(self.connections) >= bound and not self._evict_oldest_waiting(bound):
             self._refused = True
             self.transport = transport
@@ -123,7 +163,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 _plain_response(
                     b"HTTP/1.1 503 Service Unavailable\r\n",
                     "too many open connections; retry later",
-                    b"retry-after: %d\r\n" % settings.retry_after_s,
+                    b"retry-after: %d\r\n" % limits.retry_after_s,
                 )
             )
             transport.close()
@@ -138,14 +178,14 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             return
         super().connection_lost(exc)
 
-    @staticmethod
-    def _evict_oldest_waiting(bound: int) -> bool:
+    @classmethod
+    def _evict_oldest_waiting(cls, bound: int) -> bool:
         """Close the connection that has waited longest for a request's headers, if any.
 
         A client sends its headers as soon as it connects, so the longest-silent connection is the
         likeliest to be idle or hostile; closing it keeps the server reachable under a flood of them.
         """
-        for oldest in _awaiting_headers:
+        for oldest in cls.awaiting_headers:
             _evictions.note(len(oldest.connections), bound)
             oldest._reject(
                 b"HTTP/1.1 408 Request Timeout\r\n", "closed to admit new connections: no request received"
@@ -164,7 +204,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             # Only bytes of a request whose headers are still incomplete count: a chunk that
             # completes them (and carries body bytes) has already cleared _reading_headers.
             self._header_bytes += len(data)
-            if self._header_bytes > _limits()[0].max_header_bytes:
+            if self._header_bytes > self.limits.max_header_bytes:
                 self._reject(
                     b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
                     "request line and headers exceed REWARD_MAX_HEADER_BYTES",
@@ -172,7 +212,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._stop_awaiting_headers()
-        self._body_timer = self.loop.call_later(_limits()[0].body_timeout_s, self._body_timed_out)
+        self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -182,13 +222,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def _await_headers(self) -> None:
         self._reading_headers = True
         self._header_bytes = 0
-        _awaiting_headers[self] = None
+        self.awaiting_headers[self] = None
         if self._header_timer is None:
-            self._header_timer = self.loop.call_later(_limits()[0].header_timeout_s, self._headers_timed_out)
+            self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._headers_timed_out)
 
     def _stop_awaiting_headers(self) -> None:
         self._reading_headers = False
-        _awaiting_headers.pop(self, None)
+        self.awaiting_headers.pop(self, None)
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None

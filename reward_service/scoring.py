@@ -23,6 +23,7 @@ from reward_service.allocator import LARGE_REQUEST_CHARS, release_freed_memory
 from reward_service.deadline import request_budget_s
 from reward_service.errors import DeadlineExceeded, NoClassLogits, ScoringFailed, ServiceError
 from reward_service.metrics import ServiceMetrics
+from reward_service.request_context import record_engine_call
 from reward_service.request_counter import UNKNOWN_SCORER_LABEL, note_scorer_label
 from reward_service.scorers import ScoreOptions, ScoreOutput, Scorer, ScorerRegistry
 from reward_service.settings import ServiceSettings
@@ -119,6 +120,9 @@ async def score_texts(
         if texts
         else ScoreOutput(scores=[], labels=[] if return_labels else None)
     )
+    # The scorer returns its engine calls' timings; the response's timing headers show them.
+    for call in output.engine_calls:
+        record_engine_call(call.tokenization_s, call.queue_s, call.inference_s)
     await _record(metrics_of(request), scorer, texts, started)
     return output
 

@@ -1,9 +1,17 @@
 """Service configuration: one pydantic-settings class read from `REWARD_*` environment variables,
-a `.env` file, and (in `reward-service`) command-line flags generated from the same fields."""
+a `.env` file, and (in `reward-service`) command-line flags generated from the same fields.
+
+The settings are built once, in the process that reads flags and the environment. Processes it
+starts get that object, serialized (`serialize` / `deserialize`): uvicorn workers through the one
+variable `SETTINGS_ENV`, engine processes as their `EngineConfig`. Nothing else re-reads
+REWARD_* variables.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 from typing import Annotated, Literal
 
@@ -13,6 +21,9 @@ from pydantic_settings import BaseSettings, CliSuppress, NoDecode, SettingsConfi
 DEFAULT_ROBERTA_MODEL = "facebook/roberta-hate-speech-dynabench-r4-target"
 # A current Claude inference profile; the article's anthropic.claude-3-sonnet-20240229-v1:0 is retired.
 DEFAULT_BEDROCK_MODEL = "us.anthropic.claude-haiku-4-5-20251001-v1:0"
+# The one variable through which `reward-service --workers N` hands its settings to the workers.
+# No field has this name, so the settings source ignores it.
+SETTINGS_ENV = "REWARD_SETTINGS_JSON"
 
 
 class ServiceSettings(BaseSettings):
@@ -36,10 +47,10 @@ class ServiceSettings(BaseSettings):
         ge=1,
         description="Front-end processes (HTTP, validation, tokenization) feeding the engines.",
     )
-    engine_addresses: Annotated[CliSuppress[list[str]], NoDecode] = Field(
-        default=[],
-        description="Internal: sockets of engines started by `reward-service --workers N`; unset = "
-        "the front end starts its own engines.",
+    engine_addresses: CliSuppress[dict[str, list[str]]] = Field(
+        default={},
+        description="Internal: per model scorer, the sockets of engines started by `reward-service "
+        "--workers N`; empty = the front end starts its own engines.",
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         default="auto", description="auto = float16 on GPU, float32 on CPU."
@@ -95,6 +106,21 @@ class ServiceSettings(BaseSettings):
         default=16_384, ge=1, description="Items waiting in one scorer's queue before 503."
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 answers.")
+    engine_heartbeat_interval_s: float = Field(
+        default=0.5, gt=0, description="How often the supervisor sends each engine process a heartbeat."
+    )
+    engine_heartbeat_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="An engine that has answered heartbeats and then answers none for this long (stopped "
+        "or frozen) is killed and restarted; its requests get 503.",
+    )
+    engine_stall_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="An engine whose busy loop is inside one step (a batch) this long is killed and "
+        "restarted, its device taken for hung; above the longest batch the model may take.",
+    )
     openrlhf_strip_pattern: str = Field(
         default=r"<\|[^|<>\s]{1,64}\|>|</?s>|<pad>|<unk>|<mask>|<eos>|<bos>|\[(?:PAD|CLS|SEP|UNK|MASK)\]"
         r"|<(?:start|end)_of_turn>",
@@ -170,7 +196,7 @@ class ServiceSettings(BaseSettings):
         "for log shippers.",
     )
 
-    @field_validator("devices", "engine_addresses", mode="before")
+    @field_validator("devices", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -218,16 +244,25 @@ class ServiceSettings(BaseSettings):
                 "REWARD_QUEUE_CAPACITY must be at least REWARD_MAX_ITEMS_PER_REQUEST, "
                 "or a full-size request could never be accepted"
             )
+        if self.engine_heartbeat_timeout_s <= self.engine_heartbeat_interval_s:
+            raise ValueError(
+                "REWARD_ENGINE_HEARTBEAT_TIMEOUT_S must be longer than REWARD_ENGINE_HEARTBEAT_INTERVAL_S, "
+                "or a healthy engine would be killed between two heartbeats"
+            )
         return self
 
-    def to_env(self) -> dict[str, str | None]:
-        """The REWARD_* variables that reproduce every explicitly set value (None: unset the variable).
+    def serialize(self) -> str:
+        """Every value as JSON, the API key included (pydantic masks secrets in its own dump), for
+        the processes this one starts; `deserialize` reads it back."""
+        values = self.model_dump(mode="json")
+        if self.api_key is not None:
+            values["api_key"] = self.api_key.get_secret_value()
+        return json.dumps(values)
 
-        For the processes `reward-service` starts (front-end workers, engines), which read their
-        settings from the environment: a value given as a flag must reach them too.
-        """
-        prefix = self.model_config["env_prefix"]
-        return {f"{prefix}{name}".upper(): _env_value(getattr(self, name)) for name in self.model_fields_set}
+    @classmethod
+    def deserialize(cls, text: str) -> ServiceSettings:
+        """The settings `serialize` wrote, validated again; no environment variable or .env is read."""
+        return cls.model_validate_json(text)
 
     @property
     def engine_devices(self) -> list[str]:
@@ -238,22 +273,12 @@ class ServiceSettings(BaseSettings):
         return self.scorers[0]
 
 
-def _env_value(value: object) -> str | None:
-    """`value` as the field's environment variable spells it (the inverse of the validators above)."""
-    if value is None:
-        return None
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return ",".join(value)
-    if isinstance(value, dict):
-        return ";".join(
-            f"{name}=" + ",".join(f"{member}:{weight!r}" for member, weight in members.items())
-            for name, members in value.items()
-        )
-    return str(value)
+def settings_from_parent() -> ServiceSettings:
+    """The settings the starting process serialized into `SETTINGS_ENV` (uvicorn worker processes)."""
+    text = os.environ.get(SETTINGS_ENV)
+    if text is None:
+        raise RuntimeError(f"{SETTINGS_ENV} is not set: this process was not started by reward-service")
+    return ServiceSettings.deserialize(text)
 
 
 def parse_ensembles(spec: str) -> dict[str, dict[str, float]]:

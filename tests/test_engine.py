@@ -24,8 +24,9 @@ from reward_service.app import create_app
 from reward_service.engine.model_runner import ModelRunner, load_classifier
 from reward_service.engine.scheduler import FairScheduler, QueuedRequest
 from reward_service.metrics import ServiceMetrics
+from reward_service.scorers import Scorer, build_registry
 from reward_service.scorers.base import ScoreOptions
-from reward_service.scorers.roberta import RobertaScorer
+from reward_service.scorers.roberta import load_classifier_card
 from tests.conftest import LONG_TEXT, service_settings
 
 
@@ -142,11 +143,11 @@ def test_a_model_without_a_nothate_label_is_refused(tiny_roberta: Path, tmp_path
     model.save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(tiny_roberta).save_pretrained(tmp_path)
 
-    async def start() -> RobertaScorer:
-        scorer = RobertaScorer("roberta-hate", service_settings(tmp_path), ServiceMetrics())
-        await scorer.start()
-        await scorer.close()
-        return scorer
+    async def start() -> Scorer:
+        registry = build_registry(service_settings(tmp_path), ServiceMetrics())
+        await registry.start()
+        await registry.close()
+        return registry.get(None)
 
     info = asyncio.run(start()).info()
     assert info.state == "failed" and not info.ready
@@ -174,9 +175,10 @@ def wait_until(condition, timeout_s: float = 60.0) -> None:
 
 
 def test_a_dead_engine_gives_503_then_is_restarted_and_serving_resumes(slow_roberta: Path) -> None:
-    app = create_app(service_settings(slow_roberta, retry_after_s=3))
+    app = create_app(service_settings(slow_roberta, retry_after_s=3, engine_heartbeat_timeout_s=2.0))
     with serving(app) as server:
-        supervisor = app.state.registry.get(None).supervisor
+        supervisor = app.state.registry.engines.supervisor("roberta-hate")
+        assert supervisor.heartbeat_timeout_s == 2.0  # the setting, not a constant of the supervisor
         [pid] = supervisor.pids()
         with ThreadPoolExecutor(max_workers=1) as pool:
             in_flight = pool.submit(
@@ -200,7 +202,7 @@ def test_a_dead_engine_gives_503_then_is_restarted_and_serving_resumes(slow_robe
 def test_readiness_is_503_while_the_only_engine_is_down(tiny_roberta: Path) -> None:
     app = create_app(service_settings(tiny_roberta))
     with serving(app) as server:
-        supervisor = app.state.registry.get(None).supervisor
+        supervisor = app.state.registry.engines.supervisor("roberta-hate")
         os.kill(supervisor.pids()[0], signal.SIGKILL)
         # The restarted engine needs a few seconds to load; meanwhile nothing may route to it.
         wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 503, timeout_s=10)
@@ -209,9 +211,10 @@ def test_readiness_is_503_while_the_only_engine_is_down(tiny_roberta: Path) -> N
 
 
 def test_a_frozen_engine_is_noticed_killed_and_replaced(slow_roberta: Path) -> None:
-    app = create_app(service_settings(slow_roberta, retry_after_s=3))
+    app = create_app(service_settings(slow_roberta, retry_after_s=3, engine_heartbeat_timeout_s=2.0))
     with serving(app) as server:
-        supervisor = app.state.registry.get(None).supervisor
+        supervisor = app.state.registry.engines.supervisor("roberta-hate")
+        assert supervisor.heartbeat_timeout_s == 2.0  # the setting, not a constant of the supervisor
         [pid] = supervisor.pids()
         with ThreadPoolExecutor(max_workers=1) as pool:
             # The client would wait 120 s: the answer must come from the heartbeat, not the deadline.
@@ -249,7 +252,7 @@ def test_a_busy_engine_answers_heartbeats_while_a_batch_runs(slow_roberta: Path)
 
     app = create_app(service_settings(slow_roberta))
     with serving(app) as server:
-        supervisor = app.state.registry.get(None).supervisor
+        supervisor = app.state.registry.engines.supervisor("roberta-hate")
         [address] = supervisor.addresses
         context = zmq.Context()
         socket = context.socket(zmq.DEALER)
@@ -280,7 +283,7 @@ def test_a_busy_engine_answers_heartbeats_while_a_batch_runs(slow_roberta: Path)
 def test_two_engines_share_the_work_and_one_dying_leaves_the_other_serving(tiny_roberta: Path) -> None:
     app = create_app(service_settings(tiny_roberta, devices=["cpu", "cpu"]))
     with serving(app) as server:
-        scorer = app.state.registry.get(None)
+        supervisor = app.state.registry.engines.supervisor("roberta-hate")
         # Ready as soon as one engine is; /scorers lists each engine's device once it has reported.
         wait_until(lambda: httpx.get(server.url + "/scorers").json()["scorers"][0]["device"] == "cpu,cpu")
         texts = [f"Thank you, friend number {i}." for i in range(32)]
@@ -289,9 +292,9 @@ def test_two_engines_share_the_work_and_one_dying_leaves_the_other_serving(tiny_
         with ThreadPoolExecutor(max_workers=8) as pool:
             answers = list(pool.map(lambda t: httpx.post(server.url + "/score", json={"texts": [t]}), texts))
         assert [a.json()["scores"][0] for a in answers] == pytest.approx(expected, abs=1e-4)
-        first, _ = scorer.supervisor.pids()
+        first, _ = supervisor.pids()
         os.kill(first, signal.SIGKILL)
-        wait_until(lambda: scorer.supervisor.pids()[0] != first, timeout_s=10)
+        wait_until(lambda: supervisor.pids()[0] != first, timeout_s=10)
         time.sleep(0.2)
         # One engine is enough: the service stays ready and answers from the other one.
         assert httpx.get(server.url + "/readyz").status_code == 200
@@ -302,8 +305,9 @@ def test_two_engines_share_the_work_and_one_dying_leaves_the_other_serving(tiny_
 
 def test_scores_through_the_engine_do_not_depend_on_batch_mates(tiny_roberta: Path) -> None:
     async def main() -> tuple[list[float], list[list[float]]]:
-        scorer = RobertaScorer("roberta-hate", service_settings(tiny_roberta), ServiceMetrics())
-        await scorer.start()
+        registry = build_registry(service_settings(tiny_roberta), ServiceMetrics())
+        scorer = registry.get(None)
+        await registry.start()
         try:
             while not scorer.ready:
                 await asyncio.sleep(0.05)
@@ -313,7 +317,7 @@ def test_scores_through_the_engine_do_not_depend_on_batch_mates(tiny_roberta: Pa
             alone = await asyncio.gather(*(scorer.score([t], options) for t in texts))
             return together, [a.scores for a in alone]
         finally:
-            await scorer.close()
+            await registry.close()
 
     together, alone = asyncio.run(main())
     assert together == pytest.approx([a[0] for a in alone], abs=1e-5)
@@ -358,8 +362,7 @@ def test_long_texts_are_cut_before_tokenizing_with_the_same_ids_and_count(tiny_r
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    scorer = RobertaScorer("roberta-hate", service_settings(tiny_roberta), ServiceMetrics())
-    asyncio.run(asyncio.to_thread(scorer._load_tokenizer_and_config))
+    tokenizer = load_classifier_card(str(tiny_roberta)).tokenizer
     whole = Tokenizer.from_str(AutoTokenizer.from_pretrained(tiny_roberta).backend_tokenizer.to_str())
     whole.no_padding()
     texts = [
@@ -370,9 +373,9 @@ def test_long_texts_are_cut_before_tokenizing_with_the_same_ids_and_count(tiny_r
         "ab " * 3000 + "😀" * 2000,
     ]
     for side in ("left", "right"):
-        whole.enable_truncation(scorer.max_tokens, direction=side)
+        whole.enable_truncation(tokenizer.max_tokens, direction=side)
         expected = whole.encode_batch(texts)
-        tokenized = scorer.tokenize(texts, side)
+        tokenized = tokenizer.tokenize(texts, side)
         assert tokenized.ids == [e.ids for e in expected]
         assert tokenized.truncated == sum(1 for e in expected if e.overflowing)
 

@@ -16,8 +16,8 @@ import pytest
 from demo.run import ROOT, wait_ready
 from harness.fake_bedrock import FakeBedrock
 from harness.live_server import free_port
-from reward_service.cli import export_to_children, main, parse_settings
-from reward_service.settings import ServiceSettings
+from reward_service.cli import main, parse_settings
+from reward_service.settings import SETTINGS_ENV, ServiceSettings, settings_from_parent
 
 INTERNAL = {"engine_addresses"}  # set by `reward-service --workers N` for its workers, not by people
 
@@ -116,7 +116,7 @@ def test_a_bad_flag_exits_2_saying_what_is_wrong(
     assert status == 2 and message in err
 
 
-def test_flag_values_reach_processes_that_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flag_values_reach_the_processes_the_command_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REWARD_BEDROCK_REGION", "eu-west-1")
     given = parse_settings(
         [
@@ -135,12 +135,20 @@ def test_flag_values_reach_processes_that_read_the_environment(monkeypatch: pyte
         ]
     )
     assert given.bedrock_region is None  # "null" unsets it, even over the variable
-    for name in given.to_env():
-        monkeypatch.setenv(name, "")  # so that monkeypatch restores every variable afterwards
-    export_to_children(given)
-    assert "REWARD_BEDROCK_REGION" not in os.environ
-    # What a `--workers N` process or the connection limits read: the same settings.
-    assert ServiceSettings(_env_file=None) == given
+    given = given.model_copy(update={"engine_addresses": {"roberta-hate": ["ipc:///tmp/e-0.sock"]}})
+    monkeypatch.setenv(SETTINGS_ENV, given.serialize())
+    # A variable set after the parent read its settings does not change what a worker gets.
+    monkeypatch.setenv("REWARD_MAX_WAIT_MS", "99")
+    # What a `--workers N` process reads: the same settings, the secret and engine sockets included.
+    received = settings_from_parent()
+    assert received == given
+    assert received.api_key is not None and received.api_key.get_secret_value() == "k3y"
+
+
+def test_a_worker_started_without_the_parents_settings_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SETTINGS_ENV, raising=False)
+    with pytest.raises(RuntimeError, match=SETTINGS_ENV):
+        settings_from_parent()
 
 
 def test_workers_get_the_flags_and_every_process_logs_json_lines_with_request_ids(

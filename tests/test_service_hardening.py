@@ -105,7 +105,7 @@ def test_a_model_that_fails_on_an_input_gives_a_json_500_counted_as_500(
     AutoTokenizer.from_pretrained(tiny_roberta).save_pretrained(tmp_path)
     app = create_app(service_settings(tmp_path))
     with serving(app) as server:
-        [pid] = app.state.registry.get(None).supervisor.pids()
+        [pid] = app.state.registry.engines.supervisor("roberta-hate").pids()
         response = post(server, "/score", {"texts": ["You are terrible and i hate you."]})
         assert response.status_code == 500
         assert "IndexError" in response.json()["detail"] and "scores" not in response.json()
@@ -113,7 +113,7 @@ def test_a_model_that_fails_on_an_input_gives_a_json_500_counted_as_500(
         assert 'reward_requests_total{route="/score",scorer="roberta-hate",status="500"} 1.0' in metrics
         # The model still answers a probe, so the engine kept running and the service stays ready.
         assert httpx.get(server.url + "/readyz").status_code == 200
-        assert app.state.registry.get(None).supervisor.pids() == [pid]
+        assert app.state.registry.engines.supervisor("roberta-hate").pids() == [pid]
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

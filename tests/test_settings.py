@@ -43,6 +43,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
         {"REWARD_MAX_ITEMS_PER_REQUEST": "0"},
         {"REWARD_QUEUE_CAPACITY": "10", "REWARD_MAX_ITEMS_PER_REQUEST": "100"},
         {"REWARD_DTYPE": "float8"},
+        {"REWARD_ENGINE_HEARTBEAT_INTERVAL_S": "2", "REWARD_ENGINE_HEARTBEAT_TIMEOUT_S": "1"},
     ],
 )
 def test_bad_settings_fail_at_start(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:

@@ -15,6 +15,10 @@ requests at start-up, say) wastes as much as a 504. Its deadline still bounds it
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 # Weight of the newest batch in the moving average of tokens per second.
@@ -91,3 +95,30 @@ def refusal_reason(
                 f"{request.seconds_left:.1f}s"
             )
     return None
+
+
+class PendingWork:
+    """The requests one front end has taken on for a scorer and not yet answered (estimated tokens,
+    deadline as `time.monotonic()`): the work a new request would queue behind, before it is even
+    tokenized."""
+
+    def __init__(self) -> None:
+        self._pending: dict[object, tuple[int, float]] = {}
+
+    def refusal(self, tokens: int, budget_s: float | None, tokens_per_s: float) -> str | None:
+        now = time.monotonic()
+        queued = [
+            Queued(estimate, deadline - now if math.isfinite(deadline) else None)
+            for estimate, deadline in self._pending.values()
+        ]
+        return refusal_reason(tokens, budget_s, queued, tokens_per_s)
+
+    @contextmanager
+    def holding(self, tokens: int, deadline: float) -> Iterator[None]:
+        """Count a request's `tokens` as pending until it is answered."""
+        key = object()
+        self._pending[key] = (tokens, deadline)
+        try:
+            yield
+        finally:
+            del self._pending[key]

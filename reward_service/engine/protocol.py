@@ -97,6 +97,9 @@ class EngineConfig(msgspec.Struct, frozen=True):
     max_batch_items: int
     max_wait_ms: float
     queue_capacity: int
+    # The service's log settings, so that engine lines look like the front end's.
+    log_level: str = "info"
+    log_format: str = "text"
 
 
 class Heartbeat(msgspec.Struct, tag=True, frozen=True):

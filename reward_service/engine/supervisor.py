@@ -8,7 +8,7 @@ reconnect by themselves): at once if it had loaded its model (a crash, the OOM k
 else after a back-off that grows while it keeps dying before it is ready (a model that cannot
 load), as it does for one that dies within HEALTHY_LIFETIME_S of its start.
 
-The same thread sends each engine a heartbeat every HEARTBEAT_INTERVAL_S. An engine that has
+The same thread sends each engine a heartbeat every `heartbeat_interval_s`. An engine that has
 answered once and then leaves heartbeats unanswered for `heartbeat_timeout_s` (stopped, or frozen),
 or whose busy loop has been inside one step for `stall_timeout_s` (a batch hung on its device), is
 SIGKILLed: its front ends see the socket close, answer its requests with 503 and report not ready,
@@ -41,7 +41,6 @@ CHECK_INTERVAL_S = 0.2
 # An engine that was ready, or lived this long, is restarted at once; other deaths back off.
 HEALTHY_LIFETIME_S = 30.0
 MAX_BACKOFF_S = 30.0
-HEARTBEAT_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -64,13 +63,15 @@ class _Engine:
 
 @dataclass
 class EngineSupervisor:
-    """Engines for `configs` (their `address` is filled in here), with metrics under `metrics_dir`."""
+    """Engines for `configs` (their `address` is filled in here), with metrics under `metrics_dir`.
+
+    The heartbeat limits are REWARD_ENGINE_HEARTBEAT_INTERVAL_S, REWARD_ENGINE_HEARTBEAT_TIMEOUT_S and
+    REWARD_ENGINE_STALL_TIMEOUT_S (these defaults are theirs)."""
 
     scorer: str
     configs: list[EngineConfig]
     metrics_dir: str
-    log_level: str = "info"
-    log_format: str = "text"
+    heartbeat_interval_s: float = 0.5
     heartbeat_timeout_s: float = 3.0
     stall_timeout_s: float = 120.0
     runtime_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="reward-engines-"))
@@ -132,8 +133,6 @@ class EngineSupervisor:
         env = {
             **os.environ,
             "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
-            "REWARD_LOG_LEVEL": self.log_level,
-            "REWARD_LOG_FORMAT": self.log_format,
             # The engine imports this package the way this process does (source tree or install).
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         }
@@ -179,7 +178,7 @@ class EngineSupervisor:
             if engine.busy_s > self.stall_timeout_s:
                 self._kill_frozen(engine, f"has been inside one step of its loop for {engine.busy_s:.0f}s")
                 return
-        if now - engine.beat_sent >= HEARTBEAT_INTERVAL_S:
+        if now - engine.beat_sent >= self.heartbeat_interval_s:
             engine.sequence += 1
             engine.beat_sent = now
             try:

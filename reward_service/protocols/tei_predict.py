@@ -13,6 +13,7 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
+from reward_service.activation import default_activation, sigmoid, softmax
 from reward_service.errors import (
     InvalidInput,
     NotReady,
@@ -21,7 +22,6 @@ from reward_service.errors import (
     Unauthorized,
     UpstreamFailed,
 )
-from reward_service.protocols.activation import default_activation, sigmoid, softmax
 from reward_service.protocols.errors import protocol_route
 from reward_service.scoring import resolve_scorer, score_texts, settings_of
 from reward_service.validation import check_inputs

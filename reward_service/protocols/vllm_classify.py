@@ -16,8 +16,8 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
+from reward_service.activation import default_activation
 from reward_service.errors import InputTooLong, InvalidInput, UnknownScorer
-from reward_service.protocols.activation import default_activation
 from reward_service.protocols.errors import protocol_route
 from reward_service.scorers import ScorerRegistry
 from reward_service.scoring import registry_of, resolve_scorer, score_texts, settings_of

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.schemas import LabelScore, ScorerInfo, TruncationSide
 
@@ -19,6 +19,15 @@ class ScoreOptions:
     deadline: float = math.inf
 
 
+@dataclass(frozen=True)
+class EngineCall:
+    """Where one call to a scoring engine spent its time (seconds), for the response's timing headers."""
+
+    tokenization_s: float
+    queue_s: float
+    inference_s: float
+
+
 @dataclass
 class ScoreOutput:
     scores: list[float]
@@ -27,6 +36,8 @@ class ScoreOutput:
     members: dict[str, list[float]] | None = None
     # Tokens the model read (after truncation), where the scorer tokenizes itself.
     input_tokens: int | None = None
+    # The scoring-engine calls behind these scores (none for a judge).
+    engine_calls: list[EngineCall] = field(default_factory=list)
 
 
 class Scorer(ABC):

@@ -73,4 +73,5 @@ class EnsembleScorer(Scorer):
             scores=scores,
             truncated=max(output.truncated for output in outputs.values()),
             members={name: output.scores for name, output in outputs.items()},
+            engine_calls=[call for output in outputs.values() for call in output.engine_calls],
         )
