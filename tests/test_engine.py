@@ -20,13 +20,13 @@ import torch
 
 from harness.live_server import serving
 from harness.reference_scoring import DirectScorer
+from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
 from reward_service.engine.model_runner import ModelRunner, load_classifier
 from reward_service.engine.scheduler import FairScheduler, QueuedRequest
 from reward_service.metrics import ServiceMetrics
 from reward_service.scorers.base import ScoreOptions
 from reward_service.scorers.roberta import RobertaScorer
-from tests.conftest import LONG_TEXT, service_settings
 
 
 def queued(request_id: int, lengths: list[int], client: bytes = b"c") -> QueuedRequest:

@@ -13,8 +13,8 @@ import pytest
 
 from demo import run as demo_run
 from harness.live_server import free_port, serving
+from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
-from tests.conftest import LONG_TEXT, service_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,9 +16,9 @@ import pytest
 
 from harness.fake_bedrock import FakeBedrock, error_reply
 from harness.live_server import LiveServer, serving
+from harness.service import LONG_TEXT, bedrock_settings, service_settings
 from reward_service.app import create_app
 from reward_service.logs import RequestIdFilter
-from tests.conftest import LONG_TEXT, bedrock_settings, service_settings
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 ENGINE_TIMES = ("x-tokenization-time", "x-queue-time", "x-inference-time")

@@ -16,9 +16,9 @@ from pydantic import ValidationError
 
 from demo import run as demo_run
 from harness.live_server import LiveServer, free_port, serving
+from harness.service import LONG_TEXT, isolate_aws, service_settings
 from reward_service.app import create_app
 from reward_service.settings import ServiceSettings
-from tests.conftest import LONG_TEXT, isolate_aws, service_settings
 
 
 def post(server: LiveServer, path: str, body: object, **kwargs: object) -> httpx.Response:
