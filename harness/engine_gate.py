@@ -3,7 +3,8 @@ event the test controls rather than a model sized to be slow on one machine.
 
 The engine runs in its own process (`python -m reward_service.engine`), so the gate is a directory
 the test and the engine both see: while `closed` exists in it, each forward waits before it runs,
-and each one that waited appends a line to `held` first. The hook (`engine_gate_hook/
+and each one that waited appends a line to `held` first; with `pace`, each forward lasts at least
+that long. The hook (`engine_gate_hook/
 sitecustomize.py`) is installed in an engine by putting its folder on the engine's PYTHONPATH and
 the directory in REWARD_TEST_ENGINE_GATE; an engine without that variable is untouched.
 
@@ -39,6 +40,12 @@ class EngineGate:
     def open(self) -> None:
         (self.directory / "closed").unlink(missing_ok=True)
 
+    def pace(self, seconds: float) -> EngineGate:
+        """Each forward from now on takes at least `seconds`, however fast the machine: a model
+        slow on every machine, for tests that need work to outlast a deadline or grace period."""
+        (self.directory / "pace").write_text(str(seconds))
+        return self
+
     def held(self) -> int:
         """How many forwards have waited at the gate so far."""
         path = self.directory / "held"
@@ -72,8 +79,10 @@ def items_sent(scorer: object) -> int:
 
 
 def wait_for_items_sent(scorer: object, count: int, timeout_s: float = 60.0) -> None:
+    """Until exactly `count` items are outstanding (more as requests are sent, fewer as they are
+    answered or cancelled)."""
     deadline = time.monotonic() + timeout_s
-    while items_sent(scorer) < count:
+    while items_sent(scorer) != count:
         if time.monotonic() > deadline:
-            raise AssertionError(f"{items_sent(scorer)} of {count} items reached the engines")
+            raise AssertionError(f"{items_sent(scorer)} items outstanding, not {count}")
         time.sleep(0.01)

@@ -21,6 +21,7 @@ def free_port() -> int:
 
 class LiveServer:
     def __init__(self, app: ASGIApp, port: int | None = None) -> None:
+        self.app = app
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")

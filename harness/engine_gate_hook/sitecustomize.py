@@ -13,7 +13,7 @@ if _gate:
 
     from reward_service.engine.model_runner import ModelRunner
 
-    _closed, _held = Path(_gate) / "closed", Path(_gate) / "held"
+    _closed, _held, _pace = Path(_gate) / "closed", Path(_gate) / "held", Path(_gate) / "pace"
     _launch = ModelRunner.launch
 
     def _gated_launch(self, sequences):  # type: ignore[no-untyped-def]
@@ -22,6 +22,10 @@ if _gate:
                 held.write(f"{len(sequences)}\n")
             while _closed.exists():
                 time.sleep(0.005)  # sleeping releases the GIL, as PyTorch's ops do
-        return _launch(self, sequences)
+        started = time.monotonic()
+        launched = _launch(self, sequences)
+        if _pace.exists():
+            time.sleep(max(0.0, started + float(_pace.read_text()) - time.monotonic()))
+        return launched
 
     ModelRunner.launch = _gated_launch
