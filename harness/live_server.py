@@ -49,9 +49,9 @@ class LiveServer:
 
 @contextmanager
 def serving(
-    app: ASGIApp, ready_path: str | None = "/readyz", port: int | None = None
+    app: ASGIApp, ready_path: str | None = "/readyz", port: int | None = None, timeout_s: float = 60.0
 ) -> Iterator[LiveServer]:
-    server = LiveServer(app, port).start(ready_path)
+    server = LiveServer(app, port).start(ready_path, timeout_s)
     try:
         yield server
     finally:

@@ -41,7 +41,8 @@ def live_service(tiny_roberta: Path) -> Iterator[LiveServer]:
     settings = service_settings(
         tiny_roberta, max_items_per_request=64, max_text_chars=5000, queue_capacity=4096
     )
-    with serving(create_app(settings)) as server:
+    # A generous start-up budget: a failure here is every later user's error (pytest keeps it).
+    with serving(create_app(settings), timeout_s=300) as server:
         yield server
 
 
