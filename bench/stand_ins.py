@@ -16,13 +16,15 @@ from __future__ import annotations
 import ast
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaTokenizerFast
 
+import demo.corpus
+import demo.tiny_models
 from demo.tiny_models import build_tiny_roberta_classifier, roberta_tokenizer
+from harness.build_cache import cached_build
 
 ROBERTA_BASE_VOCAB = 50_265
 
@@ -60,10 +62,14 @@ def natural_texts(
 
 
 def build_classifier(kind: str, out: Path | None = None) -> Path:
-    """The `kind` stand-in in `out` (default: bench-<kind> in the temporary directory), built once."""
-    out = out or Path(tempfile.gettempdir()) / f"bench-{kind}"
-    if (out / "config.json").exists():
-        return out
+    """The `kind` stand-in: in `out` if given, else in the stand-in cache (`harness.build_cache`),
+    built once per version of the code that builds it."""
+    if out is None:
+        return cached_build(f"bench-{kind}", _build, (demo.tiny_models, demo.corpus), kind=kind)
+    return _build(out, kind)
+
+
+def _build(out: Path, kind: str) -> Path:
     if kind == "tiny":
         return build_tiny_roberta_classifier(out, train_steps=0)
     if kind == "deep-narrow":

@@ -20,13 +20,13 @@ from harness.fake_bedrock import (
     text_reply,
     tool_reply,
 )
+from harness.service import bedrock_settings, isolate_aws
 from reward_service.errors import NotReady, UpstreamFailed, UpstreamTimeout
 from reward_service.metrics import ServiceMetrics
 from reward_service.scorers.base import ScoreOptions, ScoreOutput
 from reward_service.scorers.bedrock import BedrockJudge
 from reward_service.scorers.judge_templates import TOXICITY
 from reward_service.settings import DEFAULT_BEDROCK_MODEL, ServiceSettings
-from tests.conftest import bedrock_settings, isolate_aws
 
 LIKE, HATE = "I like you.", "You are terrible and i hate you."
 OPTIONS = ScoreOptions(truncation_side="left")

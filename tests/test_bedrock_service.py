@@ -10,9 +10,9 @@ import pytest
 
 from harness.fake_bedrock import FakeBedrock, error_reply
 from harness.live_server import serving
+from harness.service import bedrock_settings, isolate_aws, service_settings
 from reward_service.app import create_app
 from shared.client import TIMEOUT_HEADER
-from tests.conftest import bedrock_settings, isolate_aws, service_settings
 
 LIKE, HATE = "I like you.", "You are terrible and i hate you."
 

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from harness.live_server import LiveServer, free_port, serving
+from harness.service import service_settings
 from reward_service.app import create_app
 from shared import (
     AsyncRewardClient,
@@ -31,7 +32,6 @@ from shared import (
     RewardServiceUnavailable,
 )
 from shared.client import TIMEOUT_HEADER, _ServerPool
-from tests.conftest import service_settings
 
 FAST_RETRY = RetryPolicy(max_attempts=4, max_total_s=10, initial_backoff_s=0.01, max_backoff_s=0.05)
 

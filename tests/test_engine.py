@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 import torch
 
+from harness.engine_gate import EngineGate
 from harness.live_server import serving
 from harness.reference_scoring import DirectScorer
+from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
 from reward_service.engine.model_runner import ModelRunner, load_classifier
 from reward_service.engine.scheduler import FairScheduler, QueuedRequest
@@ -27,7 +29,6 @@ from reward_service.metrics import ServiceMetrics
 from reward_service.scorers import Scorer, build_registry
 from reward_service.scorers.base import ScoreOptions
 from reward_service.scorers.roberta import load_classifier_card
-from tests.conftest import LONG_TEXT, service_settings
 
 
 def queued(request_id: int, lengths: list[int], client: bytes = b"c") -> QueuedRequest:
@@ -174,18 +175,23 @@ def wait_until(condition, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_dead_engine_gives_503_then_is_restarted_and_serving_resumes(slow_roberta: Path) -> None:
-    app = create_app(service_settings(slow_roberta, retry_after_s=3, engine_heartbeat_timeout_s=2.0))
+def test_a_dead_engine_gives_503_then_is_restarted_and_serving_resumes(
+    tiny_roberta: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = EngineGate(tmp_path / "gate").install(monkeypatch)
+    app = create_app(service_settings(tiny_roberta, retry_after_s=3, engine_heartbeat_timeout_s=2.0))
     with serving(app) as server:
         supervisor = app.state.registry.engines.supervisor("roberta-hate")
         assert supervisor.heartbeat_timeout_s == 2.0  # the setting, not a constant of the supervisor
         [pid] = supervisor.pids()
         with ThreadPoolExecutor(max_workers=1) as pool:
+            gate.close()
             in_flight = pool.submit(
                 httpx.post, server.url + "/score", json={"texts": [LONG_TEXT] * 16}, timeout=60
             )
-            time.sleep(0.3)
+            gate.wait_held(1)  # the engine is inside the batch
             os.kill(pid, signal.SIGKILL)  # a device fault, the OOM killer, a segfault...
+            gate.open()
             answer = in_flight.result()
         # In-flight work fails cleanly and retryably; never a 500, never a made-up score.
         assert answer.status_code == 503 and answer.headers["retry-after"] == "3"
@@ -194,7 +200,7 @@ def test_a_dead_engine_gives_503_then_is_restarted_and_serving_resumes(slow_robe
         [new_pid] = supervisor.pids()
         assert new_pid != pid and supervisor.restarts() == 1
         texts = ["I like you.", "I hate you."]
-        direct = DirectScorer(slow_roberta)
+        direct = DirectScorer(tiny_roberta)
         served = httpx.post(server.url + "/score", json={"texts": texts}).json()["scores"]
         assert served == pytest.approx([direct.nothate_logit(t) for t in texts], abs=1e-4)
 
@@ -210,13 +216,17 @@ def test_readiness_is_503_while_the_only_engine_is_down(tiny_roberta: Path) -> N
         assert httpx.post(server.url + "/score", json={"texts": ["a"]}).status_code == 200
 
 
-def test_a_frozen_engine_is_noticed_killed_and_replaced(slow_roberta: Path) -> None:
-    app = create_app(service_settings(slow_roberta, retry_after_s=3, engine_heartbeat_timeout_s=2.0))
+def test_a_frozen_engine_is_noticed_killed_and_replaced(
+    tiny_roberta: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = EngineGate(tmp_path / "gate").install(monkeypatch)
+    app = create_app(service_settings(tiny_roberta, retry_after_s=3, engine_heartbeat_timeout_s=2.0))
     with serving(app) as server:
         supervisor = app.state.registry.engines.supervisor("roberta-hate")
         assert supervisor.heartbeat_timeout_s == 2.0  # the setting, not a constant of the supervisor
         [pid] = supervisor.pids()
         with ThreadPoolExecutor(max_workers=1) as pool:
+            gate.close()
             # The client would wait 120 s: the answer must come from the heartbeat, not the deadline.
             in_flight = pool.submit(
                 httpx.post,
@@ -225,8 +235,9 @@ def test_a_frozen_engine_is_noticed_killed_and_replaced(slow_roberta: Path) -> N
                 headers={"X-Reward-Timeout-Ms": "120000"},
                 timeout=130,
             )
-            time.sleep(0.3)
+            gate.wait_held(1)  # the engine is inside the batch
             os.kill(pid, signal.SIGSTOP)  # alive to the kernel, but answers nothing
+            gate.open()  # for its replacement; the stopped one cannot move
             try:
                 wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 503, timeout_s=30)
                 scorers = httpx.get(server.url + "/scorers").json()["scorers"][0]
@@ -245,12 +256,15 @@ def test_a_frozen_engine_is_noticed_killed_and_replaced(slow_roberta: Path) -> N
         assert httpx.post(server.url + "/score", json={"texts": ["I like you."]}).status_code == 200
 
 
-def test_a_busy_engine_answers_heartbeats_while_a_batch_runs(slow_roberta: Path) -> None:
+def test_a_busy_engine_answers_heartbeats_while_a_batch_runs(
+    tiny_roberta: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import zmq
 
     from reward_service.engine import protocol
 
-    app = create_app(service_settings(slow_roberta))
+    gate = EngineGate(tmp_path / "gate").install(monkeypatch)
+    app = create_app(service_settings(tiny_roberta))
     with serving(app) as server:
         supervisor = app.state.registry.engines.supervisor("roberta-hate")
         [address] = supervisor.addresses
@@ -261,21 +275,26 @@ def test_a_busy_engine_answers_heartbeats_while_a_batch_runs(slow_roberta: Path)
         replies: list[protocol.HeartbeatReply] = []
         try:
             with ThreadPoolExecutor(max_workers=1) as pool:
+                gate.close()
                 scoring = pool.submit(
                     httpx.post, server.url + "/score", json={"texts": [LONG_TEXT] * 32}, timeout=120
                 )
+                gate.wait_held(1)  # the busy loop is inside the batch until the gate opens
                 sequence = 0
-                while not scoring.done():
+                deadline = time.monotonic() + 30
+                while not any(reply.busy_s > 0.05 for reply in replies):
+                    assert time.monotonic() < deadline, replies
                     sequence += 1
                     socket.send(protocol.encode(protocol.Heartbeat(sequence)))
                     if socket.poll(100):
                         replies.append(protocol.decode_heartbeat_reply(socket.recv()))
+                gate.open()
                 assert scoring.result().status_code == 200
         finally:
+            gate.open()
             socket.close()
             context.term()
         # Answered from inside a batch (the busy loop was in a step), not only between batches.
-        assert any(reply.busy_s > 0.05 for reply in replies)
         assert {reply.pid for reply in replies} == set(supervisor.pids())
         assert supervisor.restarts() == 0
 

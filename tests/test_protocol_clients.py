@@ -13,8 +13,8 @@ import pytest
 from huggingface_hub import InferenceClient
 
 from harness.live_server import LiveServer, serving
+from harness.service import service_settings
 from reward_service.app import create_app
-from tests.conftest import service_settings
 
 TOL = 1e-4
 KEY = "s3cret"

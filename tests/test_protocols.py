@@ -15,8 +15,8 @@ from huggingface_hub import InferenceClient
 from harness.fake_bedrock import FakeBedrock
 from harness.live_server import LiveServer, serving
 from harness.reference_scoring import DirectScorer
+from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
-from tests.conftest import LONG_TEXT, service_settings
 
 TOL = 1e-4
 LIKE, HATE = "I like you.", "You are terrible and i hate you."

@@ -14,11 +14,11 @@ pytest.importorskip("trl")
 
 from datasets import Dataset  # noqa: E402
 
-from demo.tiny_policy import build_tiny_policy  # noqa: E402
 from harness.fake_bedrock import FakeBedrock  # noqa: E402
 from harness.live_server import serving  # noqa: E402
+from harness.service import service_settings  # noqa: E402
+from harness.tiny_stand_ins import build_tiny_policy  # noqa: E402
 from reward_service.app import create_app  # noqa: E402
-from tests.conftest import service_settings  # noqa: E402
 
 README = Path(__file__).parents[1] / "README.md"
 

@@ -9,8 +9,8 @@ import httpx
 
 from harness.fake_bedrock import FakeBedrock, Reply, article_judge, error_reply
 from harness.live_server import serving
+from harness.service import bedrock_settings
 from reward_service.app import create_app
-from tests.conftest import bedrock_settings
 
 
 def throttle_share(share: float, seed: int = 0):

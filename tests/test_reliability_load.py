@@ -14,8 +14,8 @@ import pytest
 from harness.live_server import serving
 from harness.load import pair_pool, run_load
 from harness.reference_scoring import DirectScorer
+from harness.service import service_settings
 from reward_service.app import create_app
-from tests.conftest import service_settings
 
 REQUESTS_PER_CLIENT = 500 if os.environ.get("RELIABILITY_FULL") else 40
 

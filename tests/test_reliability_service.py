@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,31 +14,36 @@ import httpx
 import pytest
 
 from demo import run as demo_run
+from harness.engine_gate import EngineGate, wait_for_items_sent
 from harness.live_server import free_port, serving
+from harness.metrics import metric
+from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
-from tests.conftest import LONG_TEXT, service_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name):
-            return float(line.split()[-1])
-    return 0.0
-
-
-def test_client_disconnect_drops_the_work_and_the_server_stays_healthy(slow_roberta: Path) -> None:
-    with serving(create_app(service_settings(slow_roberta, max_wait_ms=0))) as server:
+def test_client_disconnect_drops_the_work_and_the_server_stays_healthy(
+    tiny_roberta: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = EngineGate(tmp_path / "gate").install(monkeypatch)
+    app = create_app(service_settings(tiny_roberta, max_wait_ms=0))
+    with serving(app) as server:
+        scorer = app.state.registry.get(None)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            # One batch of 16 long texts keeps the engine busy for about a second.
+            gate.close()
             busy = pool.submit(
                 httpx.post, server.url + "/score", json={"texts": [LONG_TEXT] * 16}, timeout=60
             )
-            time.sleep(0.2)
-            with pytest.raises(httpx.ReadTimeout):
-                # Queued behind the busy batch; the client gives up and closes the connection.
-                httpx.post(server.url + "/score", json={"texts": ["gone"] * 7}, timeout=0.2)
+            gate.wait_held(1)  # the engine is inside that batch
+            body = json.dumps({"texts": ["gone"] * 7}).encode()
+            with socket.create_connection(("127.0.0.1", server.port)) as conn:
+                head = "POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                conn.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                wait_for_items_sent(scorer, 16 + 7)  # queued behind the busy batch
+            # The client gave up and closed the connection; the front end cancels its items.
+            wait_for_items_sent(scorer, 16)
+            gate.open()
             assert busy.result().status_code == 200
         assert httpx.post(server.url + "/score", json={"texts": ["after"]}).status_code == 200
         metrics = httpx.get(server.url + "/metrics").text

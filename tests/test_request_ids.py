@@ -14,19 +14,29 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.engine_gate import EngineGate, wait_for_items_sent
 from harness.fake_bedrock import FakeBedrock, error_reply
 from harness.live_server import LiveServer, serving
+from harness.service import LONG_TEXT, bedrock_settings, service_settings
 from reward_service.app import create_app
 from reward_service.logs import RequestIdFilter
-from tests.conftest import LONG_TEXT, bedrock_settings, service_settings
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 ENGINE_TIMES = ("x-tokenization-time", "x-queue-time", "x-inference-time")
+HOLD_S = 0.2
 
 
 @pytest.fixture(scope="module")
-def slow_service(slow_roberta: Path) -> Iterator[LiveServer]:
-    with serving(create_app(service_settings(slow_roberta, max_items_per_request=64))) as server:
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineGate]:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield EngineGate(tmp_path_factory.mktemp("gate")).install(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def slow_service(tiny_roberta: Path, gate: EngineGate) -> Iterator[LiveServer]:
+    """A service whose engine the tests can hold busy (`gate`); open, it is the tiny model's."""
+    app = create_app(service_settings(tiny_roberta, max_items_per_request=64))
+    with serving(app) as server:
         yield server
 
 
@@ -61,19 +71,28 @@ def test_a_scored_answer_says_where_its_time_went(slow_service: LiveServer) -> N
 
 
 def test_queue_time_is_the_wait_behind_other_work_and_inference_the_model_time(
-    slow_service: LiveServer,
+    slow_service: LiveServer, gate: EngineGate
 ) -> None:
-    # 16 texts of 512 tokens keep this model busy for about a second; a small request sent while
-    # they run waits in the engine's queue for their batch to finish.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        big = pool.submit(score, slow_service, [LONG_TEXT] * 16)
-        time.sleep(0.3)
-        small = score(slow_service, ["I like you."])
-        big_answer = big.result()
-    assert big_answer.status_code == small.status_code == 200
-    assert ms(big_answer, "x-inference-time") >= 100
-    assert ms(small, "x-queue-time") >= 100
-    assert ms(small, "x-queue-time") + ms(small, "x-inference-time") <= ms(small, "x-total-time")
+    # The engine is held inside a batch of 16 long texts for at least HOLD_S; a small request sent
+    # meanwhile waits in the engine's queue for that batch to finish.
+    scorer = slow_service.app.state.registry.get(None)  # type: ignore[attr-defined]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        gate.close()
+        try:
+            big = pool.submit(score, slow_service, [LONG_TEXT] * 16)
+            gate.wait_held(1)
+            small = pool.submit(score, slow_service, ["I like you."])
+            wait_for_items_sent(scorer, 17)
+            time.sleep(HOLD_S)  # the least time both spend: the big one in its batch, the small one queued
+        finally:
+            gate.open()
+        big_answer, small_answer = big.result(), small.result()
+    assert big_answer.status_code == small_answer.status_code == 200
+    assert ms(big_answer, "x-inference-time") >= HOLD_S * 1000
+    assert ms(small_answer, "x-queue-time") >= HOLD_S * 1000
+    assert ms(small_answer, "x-queue-time") + ms(small_answer, "x-inference-time") <= ms(
+        small_answer, "x-total-time"
+    )
 
 
 @pytest.mark.parametrize(

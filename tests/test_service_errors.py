@@ -9,9 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.engine_gate import EngineGate, wait_for_items_sent
 from harness.live_server import LiveServer, serving
+from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
-from tests.conftest import LONG_TEXT, service_settings
 
 
 def post(server: LiveServer, path: str, body: object) -> httpx.Response:
@@ -99,18 +100,26 @@ def test_model_that_cannot_load_gives_503_with_retry_after(tmp_path: Path) -> No
         assert httpx.get(server.url + "/healthz").status_code == 200
 
 
-def test_full_queue_gives_503_with_retry_after(slow_roberta: Path) -> None:
-    settings = service_settings(slow_roberta, max_items_per_request=16, queue_capacity=16, retry_after_s=2)
-    with serving(create_app(settings)) as server:
+def test_full_queue_gives_503_with_retry_after(
+    tiny_roberta: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = EngineGate(tmp_path / "gate").install(monkeypatch)
+    settings = service_settings(tiny_roberta, max_items_per_request=16, queue_capacity=16, retry_after_s=2)
+    app = create_app(settings)
+    with serving(app) as server:
+        scorer = app.state.registry.get(None)
         body = {"texts": [LONG_TEXT] * 16}
         with ThreadPoolExecutor(max_workers=3) as pool:
-            first = pool.submit(post, server, "/score", body)  # one batch, running for about a second
-            time.sleep(0.3)
+            gate.close()
+            first = pool.submit(post, server, "/score", body)  # one batch, held in the engine
+            gate.wait_held(1)
             second = pool.submit(post, server, "/score", body)  # fills the queue
-            time.sleep(0.3)
-            third = post(server, "/score", body)  # no room left
-            assert third.status_code == 503
-            assert third.headers["retry-after"] == "2"
+            wait_for_items_sent(scorer, 32)
+            third = pool.submit(post, server, "/score", body)  # no room left
+            wait_for_items_sent(scorer, 48)
+            gate.open()
+            assert third.result().status_code == 503
+            assert third.result().headers["retry-after"] == "2"
             assert first.result().status_code == 200 and second.result().status_code == 200
         assert (
             'reward_rejected_items_total{scorer="roberta-hate"} 16.0'

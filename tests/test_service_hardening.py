@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,10 +14,12 @@ import pytest
 from pydantic import ValidationError
 
 from demo import run as demo_run
+from harness.engine_gate import EngineGate
 from harness.live_server import LiveServer, free_port, serving
+from harness.metrics import wait_for_enqueued_items
+from harness.service import LONG_TEXT, isolate_aws, service_settings
 from reward_service.app import create_app
 from reward_service.settings import ServiceSettings
-from tests.conftest import LONG_TEXT, isolate_aws, service_settings
 
 
 def post(server: LiveServer, path: str, body: object, **kwargs: object) -> httpx.Response:
@@ -136,38 +137,25 @@ def test_a_default_model_that_cannot_load_stops_the_process_with_the_reason(
     assert "the default scorer 'roberta-hate' cannot load" in log.read_text()
 
 
-def wait_for_enqueued_items(url: str, items: int, timeout_s: float = 60) -> None:
-    """Until the engines have taken `items` items: those batched so far plus those still queued."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        text = httpx.get(url + "/metrics", timeout=5).text
-        found = sum(
-            float(line.split()[-1])
-            for line in text.splitlines()
-            if line.startswith(("reward_batch_size_sum", "reward_queue_depth{"))
-        )
-        if found >= items:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the engines did not take {items} items within {timeout_s} s")
-
-
 def test_requests_past_the_shutdown_grace_period_get_503_and_the_process_exits_0(
-    slow_roberta: Path, tmp_path: Path
+    tiny_roberta: Path, tmp_path: Path
 ) -> None:
     port = free_port()
     log = tmp_path / "service.log"
+    # Every batch takes at least a second, on any machine.
+    gate = EngineGate(tmp_path / "gate").pace(1.0)
     env = {
         "REWARD_GRACEFUL_SHUTDOWN_S": "1",
         "REWARD_RETRY_AFTER_S": "4",
         "REWARD_MAX_ITEMS_PER_REQUEST": "16",
+        **gate.environment(),
     }
-    process = demo_run.start_service(slow_roberta, port, log, env)
+    process = demo_run.start_service(tiny_roberta, port, log, env)
     url = f"http://127.0.0.1:{port}/score"
     try:
         demo_run.wait_ready(f"http://127.0.0.1:{port}", process, timeout_s=60)
         with ThreadPoolExecutor(max_workers=6) as pool:
-            # About six seconds of work queued: more than the one-second grace period.
+            # Several seconds of work queued: more than the one-second grace period.
             futures = [
                 pool.submit(httpx.post, url, json={"texts": [LONG_TEXT] * 16}, timeout=60) for _ in range(6)
             ]

@@ -13,8 +13,8 @@ trl = pytest.importorskip("trl")
 from trl.experimental import utils as trl_utils  # noqa: E402
 from trl.experimental.ppo import ppo_trainer  # noqa: E402
 
-from demo.tiny_policy import build_tiny_policy  # noqa: E402
 from harness.live_server import LiveServer  # noqa: E402
+from harness.tiny_stand_ins import build_tiny_policy  # noqa: E402
 from shared.client import RewardClient  # noqa: E402
 from trainer import reward_bridge  # noqa: E402
 from trainer.reward_bridge import RemoteRewardModel  # noqa: E402

@@ -17,8 +17,8 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from demo.hh_data import write_hh_jsonl  # noqa: E402
-from demo.tiny_policy import build_tiny_policy  # noqa: E402
 from harness.live_server import LiveServer  # noqa: E402
+from harness.tiny_stand_ins import build_tiny_policy  # noqa: E402
 from trainer import checkpoints  # noqa: E402
 from trainer.checkpoints import VALUE_MODEL_DIR, incompleteness, is_disk_full  # noqa: E402
 from trainer.cli import EXIT_DISK_FULL, train_main  # noqa: E402

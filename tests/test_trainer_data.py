@@ -14,7 +14,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from demo.hh_data import write_hh_jsonl  # noqa: E402
-from demo.tiny_policy import build_tiny_policy  # noqa: E402
+from harness.tiny_stand_ins import build_tiny_policy  # noqa: E402
 from trainer.data import (  # noqa: E402
     PROMPT_HEAD,
     PROMPT_TAIL,

@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("trl")
 
 from demo.hh_data import write_hh_jsonl  # noqa: E402
-from demo.tiny_policy import build_tiny_policy  # noqa: E402
 from harness.live_server import LiveServer  # noqa: E402
+from harness.tiny_stand_ins import build_tiny_policy  # noqa: E402
 from trainer.cli import train_main  # noqa: E402
 from trainer.evaluate import MAX_EMPTY_SHARE  # noqa: E402
 from trainer.run_dir import FINISHED_FILE  # noqa: E402

@@ -19,8 +19,8 @@ from trl import ModelConfig  # noqa: E402
 from trl.experimental.ppo import PPOConfig  # noqa: E402
 
 from demo.hh_data import write_hh_jsonl  # noqa: E402
-from demo.tiny_policy import build_tiny_policy  # noqa: E402
 from harness.live_server import LiveServer  # noqa: E402
+from harness.tiny_stand_ins import build_tiny_policy  # noqa: E402
 from shared.client import RewardClient  # noqa: E402
 from trainer.cli import run_evaluation  # noqa: E402
 from trainer.config import RLAIFArguments  # noqa: E402

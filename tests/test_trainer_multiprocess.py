@@ -18,10 +18,10 @@ from safetensors import safe_open  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from demo.hh_data import write_hh_jsonl  # noqa: E402
-from demo.tiny_policy import build_tiny_policy  # noqa: E402
 from harness.live_server import free_port, serving  # noqa: E402
+from harness.service import service_settings  # noqa: E402
+from harness.tiny_stand_ins import build_tiny_policy  # noqa: E402
 from reward_service.app import create_app  # noqa: E402
-from tests.conftest import service_settings  # noqa: E402
 from trainer.train import TRAIN_LOG, VALUE_MODEL_DIR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,10 +13,10 @@ import pytest
 pytest.importorskip("trl")
 
 from harness.live_server import LiveServer, free_port  # noqa: E402
+from harness.service import service_settings  # noqa: E402
 from reward_service.app import create_app  # noqa: E402
 from shared.client import RewardClient  # noqa: E402
 from shared.errors import RewardServiceUnavailable  # noqa: E402
-from tests.conftest import service_settings  # noqa: E402
 from trainer.config import RLAIFArguments  # noqa: E402
 from trainer.train import reward_retry  # noqa: E402
 

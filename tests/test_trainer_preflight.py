@@ -13,9 +13,9 @@ pytest.importorskip("trl")
 
 from demo.hh_data import write_hh_jsonl  # noqa: E402
 from harness.live_server import LiveServer, free_port, serving  # noqa: E402
+from harness.service import service_settings  # noqa: E402
 from reward_service.app import create_app  # noqa: E402
 from shared.errors import RewardRequestError, RewardServiceUnavailable  # noqa: E402
-from tests.conftest import service_settings  # noqa: E402
 from trainer.cli import eval_main, train_main  # noqa: E402
 from trainer.preflight import PreflightError  # noqa: E402
 from trainer.train import _interrupted  # noqa: E402

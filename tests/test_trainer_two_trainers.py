@@ -15,8 +15,8 @@ pytest.importorskip("trl")
 
 from demo.hh_data import write_hh_jsonl  # noqa: E402
 from demo.run import start_service, stop, wait_ready  # noqa: E402
-from demo.tiny_policy import build_tiny_policy  # noqa: E402
 from harness.live_server import free_port  # noqa: E402
+from harness.tiny_stand_ins import build_tiny_policy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 6
