@@ -17,6 +17,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.engine_gate import EngineGate
 from harness.live_server import serving
@@ -416,6 +418,25 @@ def test_admission_estimates_a_fair_share_finish_and_refuses_what_cannot_finish(
     assert "already admitted" in (admission.refusal(5_000, 60.0, [Queued(5_000, 6.0)]) or "")
     # An admitted request that is late anyway is no reason to refuse the next one.
     assert admission.refusal(5_000, 60.0, [Queued(5_000, 1.0)]) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    tokens=st.integers(1, 50_000),
+    budget_s=st.none() | st.floats(0.001, 120),
+    queued=st.lists(st.tuples(st.integers(1, 50_000), st.none() | st.floats(-1, 120)), max_size=12),
+    rate=st.floats(100, 100_000),
+)
+def test_admissions_shortcut_never_changes_a_decision(
+    tokens: int, budget_s: float | None, queued: list[tuple[int, float | None]], rate: float
+) -> None:
+    """The O(R) shortcut (all work fits inside every deadline) only skips checks that could not refuse."""
+    from reward_service.engine.admission import Queued, fair_share_refusal, refusal_reason
+
+    admitted = [Queued(t, left) for t, left in queued]
+    fast = refusal_reason(tokens, budget_s, admitted, rate)
+    full = fair_share_refusal(tokens, budget_s, admitted, rate)
+    assert fast == full
 
 
 def test_small_batches_do_not_make_large_requests_look_too_slow_to_admit() -> None:

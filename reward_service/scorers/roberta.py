@@ -33,6 +33,9 @@ from shared.schemas import LabelScore, ScorerInfo
 log = logging.getLogger(__name__)
 
 REWARD_LABEL = "nothate"
+# Requests up to this many characters are tokenized on the event loop (well under a millisecond);
+# larger ones in a worker thread, so that one large request cannot stall the others.
+INLINE_TOKENIZE_CHARS = 8192
 
 
 @dataclass(frozen=True)
@@ -163,9 +166,13 @@ class RobertaScorer(Scorer):
         self, engine: EngineClient, card: ClassifierCard, texts: list[str], options: ScoreOptions
     ) -> ScoreOutput:
         started = time.perf_counter()
-        tokenized = await anyio.to_thread.run_sync(
-            card.tokenizer.timed_tokenize, texts, options.truncation_side
-        )
+        if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
+            # Tokenizing a few short texts costs less than the hop to a worker thread and back.
+            tokenized = card.tokenizer.timed_tokenize(texts, options.truncation_side)
+        else:
+            tokenized = await anyio.to_thread.run_sync(
+                card.tokenizer.timed_tokenize, texts, options.truncation_side
+            )
         if not options.truncate and tokenized.first_truncated is not None:
             raise InputTooLong(
                 f"input {tokenized.first_truncated} is longer than the model's window of {self.max_tokens} "
