@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from fastapi.exceptions import RequestValidationError
-from starlette.requests import Request
 
+from harness.asgi_request import request_with
 from harness.live_server import LiveServer
 from reward_service.body_decoding import decode_body, key_guard
 from reward_service.protocols.tei_predict import PredictRequest
@@ -22,19 +22,6 @@ JSON = {"content-type": "application/json"}
 def hostile(prefix: bytes, megabytes: float = 5) -> bytes:
     """Valid JSON: `prefix` fields, then an unknown field `x` holding a list of about `megabytes` MB."""
     return b"{" + prefix + b', "x": [' + b"0, " * int(megabytes * 1024 * 1024 / 3) + b"0]}"
-
-
-def request_with(body: bytes) -> Request:
-    async def receive() -> dict[str, object]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/score",
-        "headers": [(b"content-type", b"application/json")],
-    }
-    return Request(scope, receive)
 
 
 def test_unknown_field_is_refused_without_reading_its_value() -> None:

@@ -10,8 +10,8 @@ import json
 import httpx
 import pytest
 from fastapi.exceptions import RequestValidationError
-from starlette.requests import Request
 
+from harness.asgi_request import request_with
 from harness.live_server import LiveServer
 from reward_service.body_decoding import OFF_LOOP_BYTES, decode_body, key_guard
 from shared.schemas import ScoreRequest
@@ -21,19 +21,6 @@ JSON = {"content-type": "application/json"}
 
 def zeros(megabytes: float) -> bytes:
     return b", ".join([b"0"] * int(megabytes * 1024 * 1024 / 3))
-
-
-def request_with(body: bytes) -> Request:
-    async def receive() -> dict[str, object]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/score",
-        "headers": [(b"content-type", b"application/json")],
-    }
-    return Request(scope, receive)
 
 
 def test_a_wrong_type_in_a_huge_list_is_refused_where_it_is() -> None:
