@@ -42,17 +42,17 @@ def finish_s(tokens: int, others: list[int], tokens_per_s: float) -> float:
     return (tokens + sum(min(other, tokens) for other in others)) / tokens_per_s
 
 
-class Admission:
-    def __init__(self, min_rate_tokens: int = 0) -> None:
+class MovingRate:
+    """Tokens per second, a moving average over measurements of at least `min_tokens` tokens (None
+    until one is): smaller ones time their fixed overheads more than the work."""
+
+    def __init__(self, min_tokens: int = 0) -> None:
         self.tokens_per_s: float | None = None
-        # Small batches do not set the rate: their fixed per-batch cost dominates, so after a run of
-        # one-sample requests the rate would look many times slower than a large request gets, and
-        # large requests that would finish in time would be refused.
-        self._min_rate_tokens = min_rate_tokens
+        self._min_tokens = min_tokens
 
     def observe(self, tokens: int, seconds: float) -> None:
-        """A batch of `tokens` real (unpadded) tokens took `seconds` of the engine's time."""
-        if tokens <= 0 or seconds <= 0 or tokens < self._min_rate_tokens:
+        """`tokens` real (unpadded) tokens took `seconds`."""
+        if tokens <= 0 or seconds <= 0 or tokens < self._min_tokens:
             return
         rate = tokens / seconds
         self.tokens_per_s = (
@@ -60,6 +60,16 @@ class Admission:
             if self.tokens_per_s is None
             else (1 - RATE_SMOOTHING) * self.tokens_per_s + RATE_SMOOTHING * rate
         )
+
+
+class Admission(MovingRate):
+    """The engine's measured rate (batches under `min_rate_tokens` do not set it: their fixed
+    per-batch cost dominates, so after a run of one-sample requests the rate would look many times
+    slower than a large request gets, and large requests that would finish in time would be
+    refused), and the refusals it implies."""
+
+    def __init__(self, min_rate_tokens: int = 0) -> None:
+        super().__init__(min_rate_tokens)
 
     def refusal(self, tokens: int, budget_s: float | None, queued: list[Queued]) -> str | None:
         """Why a request of `tokens` with `budget_s` seconds left must be refused now, or None."""

@@ -9,7 +9,6 @@ pools attach to the sockets it put in `settings.engine_addresses`. Scorers get t
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -23,8 +22,6 @@ from reward_service.engine.supervisor import EngineSupervisor
 from reward_service.errors import NotReady
 from reward_service.metrics import ServiceMetrics
 from reward_service.settings import ServiceSettings
-
-log = logging.getLogger(__name__)
 
 # Scorers whose model runs in engine processes, and the setting that names each one's model.
 ENGINE_MODELS: dict[str, Callable[[ServiceSettings], str]] = {

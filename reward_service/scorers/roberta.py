@@ -152,9 +152,10 @@ class RobertaScorer(Scorer):
         """Refuse before tokenizing (503) a request that cannot finish before its deadline, given the
         work this front end has already taken on: tokenization and the engine's round trip both
         depend on it, and the engine checks again with the exact token count."""
-        if engine.tokens_per_s is None or card.tokenizer.tokens_per_s is None:
+        tokenizer_rate = card.tokenizer.rate.tokens_per_s
+        if engine.tokens_per_s is None or tokenizer_rate is None:
             return  # no rate measured yet: no evidence that it cannot finish
-        rate = 1 / (1 / engine.tokens_per_s + 1 / card.tokenizer.tokens_per_s)
+        rate = 1 / (1 / engine.tokens_per_s + 1 / tokenizer_rate)
         why = self._pending.refusal(estimate, budget_s or None, rate)
         if why is not None:
             raise Overloaded(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
+from reward_service.engine.admission import MovingRate
 from shared.schemas import TruncationSide
 
 # A text longer than this many characters per window token cannot fit the window in any tokenizer
@@ -23,8 +24,6 @@ CHARS_PER_TOKEN_GUESS = 4
 # Tokenization rates are measured on requests this large or larger (small ones time overheads).
 MEASURED_TOKENIZE_TOKENS = 4096
 TOKENIZE_CHUNK = 64
-# Weight of the newest measurement in the moving average of the rate.
-RATE_SMOOTHING = 0.2
 
 
 @dataclass
@@ -44,7 +43,7 @@ class WindowTokenizer:
         # One backend per truncation side, each configured once: the backend's truncation setting is
         # shared state, and tokenization runs on several threads at once.
         self._backends = {side: self._backend(tokenizer, side) for side in ("left", "right")}
-        self.tokens_per_s: float | None = None
+        self.rate = MovingRate(min_tokens=MEASURED_TOKENIZE_TOKENS)
 
     def _backend(self, tokenizer: PreTrainedTokenizerBase, side: str) -> Tokenizer:
         backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -88,13 +87,8 @@ class WindowTokenizer:
         return Tokenized(ids, truncated, first_truncated)
 
     def timed_tokenize(self, texts: list[str], side: TruncationSide) -> Tokenized:
-        """`tokenize`, updating `tokens_per_s` when the batch is large enough to time fairly."""
+        """`tokenize`, measuring `rate` when the batch is large enough to time fairly."""
         started = time.perf_counter()
         tokenized = self.tokenize(texts, side)
-        tokens, seconds = sum(map(len, tokenized.ids)), time.perf_counter() - started
-        if tokens >= MEASURED_TOKENIZE_TOKENS and seconds > 0:
-            rate = tokens / seconds
-            previous = self.tokens_per_s
-            smoothed = rate if previous is None else (1 - RATE_SMOOTHING) * previous + RATE_SMOOTHING * rate
-            self.tokens_per_s = smoothed
+        self.rate.observe(sum(map(len, tokenized.ids)), time.perf_counter() - started)
         return tokenized
