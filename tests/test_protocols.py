@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 from pathlib import Path
 
 import httpx
@@ -14,6 +13,7 @@ from huggingface_hub import InferenceClient
 
 from harness.fake_bedrock import FakeBedrock
 from harness.live_server import LiveServer, serving
+from harness.metrics import metric
 from harness.reference_scoring import DirectScorer
 from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
@@ -217,9 +217,7 @@ def test_predict_truncates_long_inputs_on_the_side_asked(
 
 
 def _histogram(metrics: str, name: str) -> tuple[float, float]:
-    total = sum(float(v) for v in re.findall(rf"^{name}_sum\{{[^}}]*\}} (\S+)$", metrics, re.M))
-    count = sum(float(v) for v in re.findall(rf"^{name}_count\{{[^}}]*\}} (\S+)$", metrics, re.M))
-    return total, count
+    return metric(metrics, f"{name}_sum"), metric(metrics, f"{name}_count")
 
 
 def test_openrlhf_per_sample_requests_are_batched_and_answered_in_order(

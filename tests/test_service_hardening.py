@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from demo import run as demo_run
 from harness.engine_gate import EngineGate
 from harness.live_server import LiveServer, free_port, serving
-from harness.metrics import wait_for_enqueued_items
+from harness.metrics import metric, wait_for_enqueued_items
 from harness.service import LONG_TEXT, isolate_aws, service_settings
 from reward_service.app import create_app
 from reward_service.settings import ServiceSettings
@@ -187,8 +187,7 @@ def test_a_bad_timeout_header_is_a_422_not_a_scorer_failure(live_service: LiveSe
 
 
 def _count(metrics: str, route: str, scorer: str, status: int) -> float:
-    line = f'reward_requests_total{{route="{route}",scorer="{scorer}",status="{status}"}} '
-    return next((float(row.removeprefix(line)) for row in metrics.splitlines() if row.startswith(line)), 0.0)
+    return metric(metrics, f'reward_requests_total{{route="{route}",scorer="{scorer}",status="{status}"}}')
 
 
 def test_every_answer_is_counted_with_its_real_status(tiny_roberta: Path) -> None:
