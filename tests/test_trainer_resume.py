@@ -161,10 +161,7 @@ def test_an_interrupted_run_resumes_exactly_where_the_uninterrupted_one_went(
     assert len(scored) == 6 * 4
     assert_rewards_belong_to_their_completions(live_service.url, scored)
 
-    resumed_dir = tmp_path / "resumed"
-    resumed_dir.mkdir()
-    shutil.copytree(whole / "checkpoint-3", resumed_dir / "checkpoint-3")  # as if killed after step 3
-    shutil.copytree(whole / "runs", resumed_dir / "runs")  # with TensorBoard's events of steps 4-6
+    resumed_dir = killed_after(whole, 3, tmp_path / "resumed")
     trainer, _, _ = build_trainer(
         _args(data, live_service.url, resume=True, **args),
         tiny_ppo_config(resumed_dir, 6, **ppo),
@@ -181,6 +178,16 @@ def test_an_interrupted_run_resumes_exactly_where_the_uninterrupted_one_went(
     assert _steps(resumed, 1)[:3] == _steps(uninterrupted, 1)[:3]  # the history before, kept
     # TensorBoard shows each step once, in the interrupted run's folder.
     assert tensorboard_steps(resumed_dir / "runs", "train/reward/mean") == [1, 2, 3, 4, 5, 6]
+
+
+def killed_after(whole: Path, step: int, out: Path) -> Path:
+    """`out` as a run killed just after step `step` would leave it: that checkpoint, and the
+    TensorBoard events of every step the whole run logged (the later ones too, written before the
+    kill)."""
+    out.mkdir()
+    shutil.copytree(whole / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    shutil.copytree(whole / "runs", out / "runs")
+    return out
 
 
 def tensorboard_steps(runs: Path, tag: str) -> list[int]:
@@ -228,11 +235,7 @@ def test_an_interrupted_group_run_resumes_exactly_where_the_uninterrupted_one_we
     assert len(scored) == 4 * 4
     assert_rewards_belong_to_their_completions(live_service.url, scored)
 
-    resumed_dir = tmp_path / "resumed"
-    resumed_dir.mkdir()
-    shutil.copytree(whole / "checkpoint-2", resumed_dir / "checkpoint-2")  # as if killed after step 2
-    # The interrupted run had logged steps 3 and 4 to TensorBoard before it died.
-    shutil.copytree(whole / "runs", resumed_dir / "runs")
+    resumed_dir = killed_after(whole, 2, tmp_path / "resumed")
     trainer, resume_from = _group_run(
         algorithm, data, policy, resumed_dir, live_service.url, "--resume", "true"
     )

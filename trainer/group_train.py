@@ -78,7 +78,7 @@ class _ServiceRewardInLogs(Trainer):
         super().log(logs, start_time)
 
 
-class _RemoteRewardLogging:
+class _RemoteRewardParts:
     """Reward clients, checkpoints whole or absent, and a save on demand (for a service outage)."""
 
     remote_rewards: list[RemoteReward]
@@ -104,11 +104,11 @@ class _RemoteRewardLogging:
         return Path(self.args.output_dir) / f"checkpoint-{step}"  # type: ignore[attr-defined]
 
 
-class RemoteRewardGRPOTrainer(_RemoteRewardLogging, GRPOTrainer, _ServiceRewardInLogs):
+class RemoteRewardGRPOTrainer(_RemoteRewardParts, GRPOTrainer, _ServiceRewardInLogs):
     pass
 
 
-class RemoteRewardRLOOTrainer(_RemoteRewardLogging, RLOOTrainer, _ServiceRewardInLogs):
+class RemoteRewardRLOOTrainer(_RemoteRewardParts, RLOOTrainer, _ServiceRewardInLogs):
     pass
 
 
