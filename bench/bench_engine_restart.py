@@ -10,7 +10,12 @@ shows as it would in production) and times each restart's phases:
 - load: until it reported `ready` (the model loaded);
 - plus, once, a bare `python -c "import reward_service.engine.core"` for the import alone.
 
+With `--standby` (the service's default, REWARD_ENGINE_STANDBY) each kill waits until the
+supervisor's standby process is up, so "start" is the hand-over to a process that has imported
+everything already.
+
     python -m bench.bench_engine_restart --stand-in tiny --kills 3
+    python -m bench.bench_engine_restart --stand-in tiny --kills 3 --standby
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ def main() -> None:
     parser.add_argument("--stand-in", default="tiny", choices=["tiny", "deep-narrow", "roberta-base"])
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--between-s", type=float, default=1.0, help="wait after ready before the next kill")
+    parser.add_argument("--standby", action="store_true", help="keep a standby engine, as the service does")
     args = parser.parse_args()
 
     model = build_classifier(args.stand_in)
@@ -108,7 +114,9 @@ def main() -> None:
     import_s = time.monotonic() - started
 
     config = EngineConfig("bench", "", str(model), "cpu", "auto", 16384, 256, 2.0, 4096, log_level="warning")
-    supervisor = EngineSupervisor("bench", [config], tempfile.mkdtemp(prefix="bench-metrics-"))
+    supervisor = EngineSupervisor(
+        "bench", [config], tempfile.mkdtemp(prefix="bench-metrics-"), standby=args.standby
+    )
     supervisor.start()
     [address] = supervisor.addresses
     probe = _Probe(address)
@@ -118,6 +126,8 @@ def main() -> None:
         _poll(lambda: probe.ready(pid))
         for _ in range(args.kills):
             time.sleep(args.between_s)
+            if args.standby:
+                _poll(lambda: supervisor.standby_pid() is not None)
             killed = time.monotonic()
             os.kill(pid, signal.SIGKILL)
             spawned = _poll(lambda old=pid: supervisor.pids()[0] not in (None, old))
@@ -130,6 +140,7 @@ def main() -> None:
         probe.close()
         supervisor.stop()
 
+    print(f"standby engine: {'yes' if args.standby else 'no'}")
     print(f"stand-in {args.stand_in}; bare import of the engine: {import_s:.2f} s")
     print("restart  back-off_s  start_s  load_s  total_s")
     for index, (backoff, start, load) in enumerate(phases, 1):

@@ -121,6 +121,13 @@ class ServiceSettings(BaseSettings):
         description="An engine whose busy loop is inside one step (a batch) this long is killed and "
         "restarted, its device taken for hung; above the longest batch the model may take.",
     )
+    engine_standby: bool = Field(
+        default=True,
+        description="Keep one standby process per model scorer that has imported PyTorch and "
+        "transformers, so that a dead or frozen engine is replaced in about a second instead of "
+        "the interpreter's start (several seconds); costs that process's memory (a few hundred MB "
+        "of host RAM, no GPU memory).",
+    )
     openrlhf_strip_pattern: str = Field(
         default=r"<\|[^|<>\s]{1,64}\|>|</?s>|<pad>|<unk>|<mask>|<eos>|<bos>|\[(?:PAD|CLS|SEP|UNK|MASK)\]"
         r"|<(?:start|end)_of_turn>",

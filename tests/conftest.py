@@ -12,6 +12,15 @@ from harness.tiny_stand_ins import tiny_roberta_classifier
 from reward_service.app import create_app
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_standby_engines() -> Iterator[None]:
+    """No standby engine in the services the suite starts (dozens, each would import PyTorch once
+    more for a restart that most never have); the standby's own tests turn it on."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REWARD_ENGINE_STANDBY", "false")
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_roberta() -> Path:
     """A tiny RoBERTa hate classifier (real architecture and labels), briefly trained; shared, so

@@ -207,6 +207,27 @@ def test_a_dead_engine_gives_503_then_is_restarted_and_serving_resumes(
         assert served == pytest.approx([direct.nothate_logit(t) for t in texts], abs=1e-4)
 
 
+def test_a_standby_engine_replaces_a_dead_one_and_a_new_standby_follows(tiny_roberta: Path) -> None:
+    app = create_app(service_settings(tiny_roberta, engine_standby=True))
+    with serving(app) as server:
+        supervisor = app.state.registry.engines.supervisor("roberta-hate")
+        [pid] = supervisor.pids()
+        wait_until(lambda: supervisor.standby_pid() is not None)  # started once the engine is ready
+        standby = supervisor.standby_pid()
+        assert standby != pid
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: supervisor.pids() == [standby])  # the waiting process became the engine
+        wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200)
+        texts = ["I like you.", "I hate you."]
+        direct = DirectScorer(tiny_roberta)
+        served = httpx.post(server.url + "/score", json={"texts": texts}).json()["scores"]
+        assert served == pytest.approx([direct.nothate_logit(t) for t in texts], abs=1e-4)
+        wait_until(lambda: supervisor.standby_pid() not in (None, standby))  # the next one waits
+        second = supervisor.standby_pid()
+    with pytest.raises(ProcessLookupError):
+        os.kill(second, 0)  # stopping the service ends the standby too, not left behind
+
+
 def test_readiness_is_503_while_the_only_engine_is_down(tiny_roberta: Path) -> None:
     app = create_app(service_settings(tiny_roberta))
     with serving(app) as server:

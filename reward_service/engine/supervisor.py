@@ -13,12 +13,18 @@ answered once and then leaves heartbeats unanswered for `heartbeat_timeout_s` (s
 or whose busy loop has been inside one step for `stall_timeout_s` (a batch hung on its device), is
 SIGKILLed: its front ends see the socket close, answer its requests with 503 and report not ready,
 and it is restarted like an engine that died.
+
+With `standby` on, once every engine has loaded its model the supervisor also keeps one standby
+process (`engine/standby.py`) that has imported PyTorch and transformers; a restart hands it the
+dead engine's configuration instead of starting an interpreter, and a new standby is started once
+the replacement is ready.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -34,6 +40,7 @@ from prometheus_client import multiprocess
 
 from reward_service.engine import protocol
 from reward_service.engine.protocol import EngineConfig
+from reward_service.engine.standby import PRELOADED
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +81,18 @@ class EngineSupervisor:
     heartbeat_interval_s: float = 0.5
     heartbeat_timeout_s: float = 3.0
     stall_timeout_s: float = 120.0
+    standby: bool = False
     runtime_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="reward-engines-"))
     _engines: list[_Engine] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _watcher: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _zmq: zmq.Context[zmq.Socket[bytes]] = field(default_factory=zmq.Context)
+    _spare: subprocess.Popen[bytes] | None = None
+    # A standby that died before it was needed is not replaced (it would only die again).
+    _spare_failed: bool = False
+    # It said it has imported everything (a hand-over before then still works, only slower).
+    _spare_preloaded: bool = False
 
     def __post_init__(self) -> None:
         self._engines = [
@@ -97,6 +110,13 @@ class EngineSupervisor:
     def pids(self) -> list[int | None]:
         with self._lock:
             return [e.process.pid if e.process and e.process.poll() is None else None for e in self._engines]
+
+    def standby_pid(self) -> int | None:
+        """The standby process waiting to replace an engine, once it has imported everything."""
+        spare = self._spare
+        if spare is None or not self._spare_preloaded or spare.poll() is not None:
+            return None
+        return spare.pid
 
     def restarts(self) -> int:
         return sum(engine.restarts for engine in self._engines)
@@ -116,6 +136,7 @@ class EngineSupervisor:
             if engine.heartbeat is not None:
                 engine.heartbeat.close()
         self._zmq.term()
+        self._end_spare()
         processes = [e.process for e in self._engines if e.process is not None and e.process.poll() is None]
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -129,27 +150,103 @@ class EngineSupervisor:
                 process.wait()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
-    def _spawn(self, engine: _Engine) -> None:
-        env = {
+    def _environment(self) -> dict[str, str]:
+        return {
             **os.environ,
             "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
             # The engine imports this package the way this process does (source tree or install).
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         }
-        command = [sys.executable, "-m", "reward_service.engine", msgspec.json.encode(engine.config).decode()]
+
+    def _spawn(self, engine: _Engine) -> None:
+        config = msgspec.json.encode(engine.config)
+        process = self._take_spare(config)
+        how = "handed the standby engine"
+        if process is None:
+            command = [sys.executable, "-m", "reward_service.engine", config.decode()]
+            process = subprocess.Popen(command, env=self._environment(), start_new_session=True)
+            how = "started engine"
         with self._lock:
-            engine.process = subprocess.Popen(command, env=env, start_new_session=True)
+            engine.process = process
             engine.started = time.monotonic()
             engine.answered = None
             engine.busy_s = 0.0
             engine.was_ready = False
-        log.info("started engine pid %d for %s on %s", engine.process.pid, self.scorer, engine.config.device)
+        log.info("%s pid %d for %s on %s", how, process.pid, self.scorer, engine.config.device)
+
+    def _take_spare(self, config: bytes) -> subprocess.Popen[bytes] | None:
+        """The standby process, now running as the engine of `config`; None if there is none alive."""
+        spare, self._spare = self._spare, None
+        self._spare_preloaded = False
+        if spare is None or spare.poll() is not None or spare.stdin is None:
+            return None
+        try:
+            spare.stdin.write(config + b"\n")
+            spare.stdin.close()
+            if spare.stdout is not None:
+                spare.stdout.close()
+        except OSError:  # it died just now
+            spare.kill()
+            spare.wait()
+            return None
+        return spare
+
+    def _keep_spare(self) -> None:
+        """Start a standby once every engine has loaded its model (never while one loads: both
+        would compete for the same cores), and notice one that died while waiting."""
+        if not self.standby or self._spare_failed:
+            return
+        if self._spare is not None:
+            if self._spare.poll() is not None:
+                log.warning(
+                    "standby engine pid %d for %s exited with code %s; restarts will start a new interpreter",
+                    self._spare.pid,
+                    self.scorer,
+                    self._spare.returncode,
+                )
+                self._spare, self._spare_failed = None, True
+            elif not self._spare_preloaded and self._spare.stdout is not None:
+                if select.select([self._spare.stdout], [], [], 0)[0]:
+                    self._spare_preloaded = self._spare.stdout.readline() == PRELOADED
+            return
+        if not all(e.was_ready and e.restart_at is None for e in self._engines):
+            return
+        command = [
+            sys.executable,
+            "-m",
+            "reward_service.engine",
+            "--standby",
+            self._engines[0].config.model_path,
+        ]
+        self._spare = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=self._environment(),
+            start_new_session=True,
+        )
+        log.info("started standby engine pid %d for %s", self._spare.pid, self.scorer)
+
+    def _end_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        if spare.stdin is not None:
+            spare.stdin.close()  # end of file: it exits 0
+        if spare.stdout is not None:
+            spare.stdout.close()
+        try:
+            spare.wait(5.0)
+        except subprocess.TimeoutExpired:
+            spare.kill()
+            spare.wait()
 
     def _watch(self) -> None:
         while not self._stopping.wait(CHECK_INTERVAL_S):
             for engine in self._engines:
                 self._check(engine)
                 self._check_heartbeat(engine)
+            self._keep_spare()
 
     def _check_heartbeat(self, engine: _Engine) -> None:
         process = engine.process
