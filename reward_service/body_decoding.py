@@ -26,7 +26,8 @@ import re
 import types
 import typing
 from collections.abc import Callable, Coroutine
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
@@ -212,9 +213,28 @@ async def decode_body(
     request._json = decoded  # noqa: SLF001
 
 
+# Called with the request once its headers are in, before its body is read: raises to refuse it,
+# else returns a context held while the body is read and decoded.
+BeforeReading = Callable[[Request], AbstractContextManager[None]]
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+_BEFORE_READING = "before_reading_body"
+
+
+def before_reading_body(check: BeforeReading) -> Callable[[Endpoint], Endpoint]:
+    """Mark an endpoint whose requests `check` admits or refuses from their headers alone (apply it
+    below the router's decorator, which builds the route)."""
+
+    def mark(endpoint: Endpoint) -> Endpoint:
+        setattr(endpoint, _BEFORE_READING, check)
+        return endpoint
+
+    return mark
+
+
 class DecodedBodyRoute(APIRoute):
     """An APIRoute whose JSON body (the endpoint's pydantic-model `body` parameter) is decoded and
-    validated by `decode_body` before FastAPI sees it."""
+    validated by `decode_body` before FastAPI sees it, after the endpoint's `before_reading_body`
+    check, if it has one."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -222,9 +242,11 @@ class DecodedBodyRoute(APIRoute):
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return handler
         guard = key_guard(model)
+        check: BeforeReading = getattr(self.endpoint, _BEFORE_READING, lambda _: nullcontext())
 
         async def handle(request: Request) -> Response:
-            await decode_body(request, guard, model)
+            with check(request):
+                await decode_body(request, guard, model)
             return await handler(request)
 
         return handle

@@ -6,8 +6,15 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from reward_service.body_decoding import DecodedBodyRoute
-from reward_service.scoring import metrics_of, registry_of, resolve_scorer, score_texts, settings_of
+from reward_service.body_decoding import DecodedBodyRoute, before_reading_body
+from reward_service.scoring import (
+    admit_before_reading,
+    metrics_of,
+    registry_of,
+    resolve_scorer,
+    score_texts,
+    settings_of,
+)
 from reward_service.security import has_api_key
 from reward_service.validation import check_limits
 from shared.schemas import (
@@ -53,12 +60,14 @@ async def _score(request: Request, route: str, scorer_name: str | None, body: Sc
 
 
 @router.post("/score", response_model=ScoreResponse, responses=_ERRORS, tags=["scoring"])
+@before_reading_body(admit_before_reading)
 async def score_default(request: Request, body: ScoreRequest) -> ScoreResponse:
     """Score with the default scorer (the first of REWARD_SCORERS)."""
     return await _score(request, "/score", None, body)
 
 
 @router.post("/score/{scorer}", response_model=ScoreResponse, responses=_ERRORS, tags=["scoring"])
+@before_reading_body(admit_before_reading)
 async def score_named(request: Request, scorer: str, body: ScoreRequest) -> ScoreResponse:
     """Score with the named scorer (see GET /scorers)."""
     return await _score(request, "/score/{scorer}", scorer, body)

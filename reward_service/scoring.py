@@ -14,14 +14,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TypeVar
 
 import anyio
 from fastapi import Request
 
 from reward_service.allocator import LARGE_REQUEST_CHARS, release_freed_memory
+from reward_service.body_decoding import OFF_LOOP_BYTES
 from reward_service.deadline import request_budget_s
-from reward_service.errors import DeadlineExceeded, NoClassLogits, ScoringFailed, ServiceError
+from reward_service.errors import DeadlineExceeded, InvalidInput, NoClassLogits, ScoringFailed, ServiceError
 from reward_service.metrics import ServiceMetrics
 from reward_service.request_context import record_engine_call
 from reward_service.request_counter import UNKNOWN_SCORER_LABEL, note_scorer_label
@@ -90,6 +92,27 @@ def resolve_scorer(request: Request, scorer_name: str | None, class_logits_hint:
             f"class probabilities: {class_logits_hint}"
         )
     return scorer
+
+
+def admit_before_reading(request: Request) -> AbstractContextManager[None]:
+    """Refuse (503) a large `/score` request that cannot finish before its deadline from its headers
+    (`Content-Length` and the deadline), before its body is read: with several large bodies arriving
+    at once, reading and decoding them is itself seconds of work that a refusal should not wait
+    for. The scorer counts the body's guessed work as pending until it is decoded; the scoring path
+    then checks again with the texts. Small bodies are read and checked in well under a
+    millisecond, so they skip this."""
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) <= OFF_LOOP_BYTES:
+        return nullcontext()
+    name = request.path_params.get("scorer")
+    try:
+        budget_s = request_budget_s(request.headers, settings_of(request))
+    except InvalidInput:
+        return nullcontext()  # answered once the body is checked, as for a small body
+    if name is not None and name not in registry_of(request).scorers:
+        return nullcontext()  # the same: a 404 after the body's own errors
+    scorer = resolve_scorer(request, name)
+    return scorer.reserve_unread(int(length), time.monotonic() + budget_s)
 
 
 async def score_texts(

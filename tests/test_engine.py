@@ -7,8 +7,11 @@ engine that dies, several engines, a model that cannot load) through real HTTP a
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import os
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -502,3 +505,43 @@ def test_a_request_that_cannot_finish_before_its_deadline_is_refused_at_once(slo
             timeout=130,
         )
         assert fits.status_code == 200
+
+
+def _post_headers(port: int, length: int, timeout_ms: int) -> bytes:
+    return (
+        f"POST /score HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\nX-Reward-Timeout-Ms: {timeout_ms}\r\n\r\n"
+    ).encode()
+
+
+def test_a_large_request_that_cannot_finish_is_refused_from_its_headers_before_its_body_is_read(
+    tiny_roberta: Path,
+) -> None:
+    app = create_app(service_settings(tiny_roberta, retry_after_s=2, max_items_per_request=1024))
+    with serving(app) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        warm = httpx.post(server.url + "/score", json={"texts": [LONG_TEXT] * 64}, timeout=120)
+        assert warm.status_code == 200  # the engine and the tokenizer have measured their rates
+        # 20 MB announced with a 50 ms budget (300 ms less the margin): refused with only the
+        # headers sent, where reading and decoding such a body alone would take longer.
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(_post_headers(port, 20_000_000, timeout_ms=300))
+            refused = http.client.HTTPResponse(conn)
+            refused.begin()
+            detail = json.loads(refused.read())["detail"]
+        assert refused.status == 503 and refused.getheader("retry-after") == "2"
+        assert "before its deadline" in detail
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'reward_requests_total{route="/score",scorer="roberta-hate",status="503"} 1.0' in metrics
+        # A large body with time enough is waited for, read and scored as usual.
+        body = json.dumps({"texts": [LONG_TEXT] * 128}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(_post_headers(port, len(body), timeout_ms=60_000))
+            conn.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                conn.recv(1)  # no answer before the body
+            conn.settimeout(60)
+            conn.sendall(body)
+            scored = http.client.HTTPResponse(conn)
+            scored.begin()
+            assert scored.status == 200 and len(json.loads(scored.read())["scores"]) == 128

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from shared.schemas import LabelScore, ScorerInfo, TruncationSide
@@ -66,3 +67,10 @@ class Scorer(ABC):
     @abstractmethod
     async def score(self, texts: list[str], options: ScoreOptions) -> ScoreOutput:
         """One score per text, in order; raises instead of returning a partial result."""
+
+    def reserve_unread(self, body_bytes: int, deadline: float) -> AbstractContextManager[None]:
+        """Before a request's body is read: raise `Overloaded` if a body of `body_bytes` cannot be
+        scored by `deadline` (`time.monotonic()`) given the work taken on, else count it as pending
+        while the context is held (the body being read and decoded). Scorers without admission by
+        work take every request here."""
+        return nullcontext()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -76,6 +77,7 @@ class RobertaScorer(Scorer):
     ) -> None:
         self.name = name
         self.model_path = settings.roberta_model
+        self._max_items = settings.max_items_per_request
         self._retry_after_s = settings.retry_after_s
         self._metrics = metrics
         self._engines = engines
@@ -140,15 +142,21 @@ class RobertaScorer(Scorer):
             detail = f"scorer '{self.name}' is not ready: {self._not_ready_detail()}"
             raise NotReady(detail, self._retry_after_s)
         engine = self._engines.pick(self._not_ready_detail)
-        # 0: no deadline. Else at least a millisecond, so a deadline already past reads as one.
-        left_s = options.deadline - time.monotonic()
-        budget_s = max(1e-3, left_s) if math.isfinite(left_s) else 0.0
         estimate = card.tokenizer.estimate_tokens(texts)
-        self._admit(engine, card, estimate, budget_s)
+        self._admit(engine, card, estimate, options.deadline)
         with self._pending.holding(estimate, options.deadline):
             return await self._score(engine, card, texts, options)
 
-    def _admit(self, engine: EngineClient, card: ClassifierCard, estimate: int, budget_s: float) -> None:
+    def reserve_unread(self, body_bytes: int, deadline: float) -> AbstractContextManager[None]:
+        card = self._card
+        if card is None or not self.ready:
+            return nullcontext()  # the scoring path says why it cannot score, once the body is read
+        engine = self._engines.pick(self._not_ready_detail)
+        estimate = card.tokenizer.estimate_body_tokens(body_bytes, self._max_items)
+        self._admit(engine, card, estimate, deadline)
+        return self._pending.holding(estimate, deadline)
+
+    def _admit(self, engine: EngineClient, card: ClassifierCard, estimate: int, deadline: float) -> None:
         """Refuse before tokenizing (503) a request that cannot finish before its deadline, given the
         work this front end has already taken on: tokenization and the engine's round trip both
         depend on it, and the engine checks again with the exact token count."""
@@ -156,7 +164,10 @@ class RobertaScorer(Scorer):
         if engine.tokens_per_s is None or tokenizer_rate is None:
             return  # no rate measured yet: no evidence that it cannot finish
         rate = 1 / (1 / engine.tokens_per_s + 1 / tokenizer_rate)
-        why = self._pending.refusal(estimate, budget_s or None, rate)
+        # None: no deadline. Else at least a millisecond, so a deadline already past reads as one.
+        left_s = deadline - time.monotonic()
+        budget_s = max(1e-3, left_s) if math.isfinite(left_s) else None
+        why = self._pending.refusal(estimate, budget_s, rate)
         if why is not None:
             raise Overloaded(
                 f"scorer '{self.name}' cannot score this request before its deadline: {why}",

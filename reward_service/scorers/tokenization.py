@@ -55,6 +55,12 @@ class WindowTokenizer:
         """Tokens `texts` will take, guessed from their length (before tokenizing them)."""
         return sum(min(self.max_tokens, len(text) // CHARS_PER_TOKEN_GUESS + 2) for text in texts)
 
+    def estimate_body_tokens(self, body_bytes: int, max_items: int) -> int:
+        """Tokens a JSON body of `body_bytes` may hold, guessed before it is read: about one per
+        `CHARS_PER_TOKEN_GUESS` bytes, at most `max_items` windows. Texts past the window are
+        over-counted until the body is read and `estimate_tokens` replaces this."""
+        return min(body_bytes // CHARS_PER_TOKEN_GUESS, max_items * self.max_tokens)
+
     def tokenize(self, texts: list[str], side: TruncationSide) -> Tokenized:
         """Token ids with special tokens, cut to the window on `side`; counts the cut ones.
 
