@@ -507,6 +507,29 @@ def test_a_request_that_cannot_finish_before_its_deadline_is_refused_at_once(slo
         assert fits.status_code == 200
 
 
+def test_before_the_engine_has_answered_once_tokenizing_alone_is_the_rate_refusals_use(
+    tiny_roberta: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = EngineGate(tmp_path / "gate").install(monkeypatch)
+    app = create_app(service_settings(tiny_roberta, retry_after_s=2, max_items_per_request=1024))
+    with serving(app) as server, ThreadPoolExecutor(max_workers=1) as pool:
+        gate.close()
+        # Tokenized (the front end measures its tokenizer), then held in the engine: no answer yet,
+        # so no engine rate, as when every request runs into its deadline.
+        held = pool.submit(httpx.post, server.url + "/score", json={"texts": [LONG_TEXT] * 16}, timeout=60)
+        gate.wait_held(1)
+        refused = httpx.post(
+            server.url + "/score",
+            json={"texts": [LONG_TEXT] * 1024},
+            headers={"X-Reward-Timeout-Ms": "300"},  # 50 ms after the margin
+            timeout=60,
+        )
+        gate.open()
+        assert held.result().status_code == 200
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+    assert "before its deadline" in refused.json()["detail"]
+
+
 def _post_headers(port: int, length: int, timeout_ms: int) -> bytes:
     return (
         f"POST /score HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"

@@ -161,9 +161,12 @@ class RobertaScorer(Scorer):
         work this front end has already taken on: tokenization and the engine's round trip both
         depend on it, and the engine checks again with the exact token count."""
         tokenizer_rate = card.tokenizer.rate.tokens_per_s
-        if engine.tokens_per_s is None or tokenizer_rate is None:
+        if tokenizer_rate is None:
             return  # no rate measured yet: no evidence that it cannot finish
-        rate = 1 / (1 / engine.tokens_per_s + 1 / tokenizer_rate)
+        # The engine's rate comes with its answers: while every request ends at its deadline before
+        # the engine answers one, tokenizing alone bounds how fast this front end can go.
+        engine_rate = engine.tokens_per_s
+        rate = tokenizer_rate if engine_rate is None else 1 / (1 / engine_rate + 1 / tokenizer_rate)
         # None: no deadline. Else at least a millisecond, so a deadline already past reads as one.
         left_s = deadline - time.monotonic()
         budget_s = max(1e-3, left_s) if math.isfinite(left_s) else None
