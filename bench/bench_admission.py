@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.stand_ins import build_classifier
+from bench.stand_ins import STEADY_STATE_ENV, build_classifier
 from demo.run import running_service
 
 
@@ -56,7 +56,11 @@ def main() -> None:
     model = build_classifier(args.stand_in)
     words = "the quick brown fox jumps over a lazy dog while rivers run to the sea ".split()
     text = " ".join(words[i % len(words)] for i in range(args.chars // 4))[: args.chars]
-    env = {"REWARD_MAX_ITEMS_PER_REQUEST": str(max(1024, args.texts)), "REWARD_QUEUE_CAPACITY": "65536"}
+    env = {
+        "REWARD_MAX_ITEMS_PER_REQUEST": str(max(1024, args.texts)),
+        "REWARD_QUEUE_CAPACITY": "65536",
+        **STEADY_STATE_ENV,
+    }
     log = Path(tempfile.gettempdir()) / "bench-admission.log"
     with running_service(Path(model), log, env, timeout_s=300) as (url, _):
         # Distinct texts per request, so no cache or batch-mate effect flatters a figure. Encoded

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench.stand_ins import build_classifier, docstring_corpus
+from bench.stand_ins import STEADY_STATE_ENV, build_classifier, docstring_corpus
 from demo.run import running_service
 
 
@@ -81,7 +81,10 @@ def main() -> None:
             peak = max(peak, tree_rss_mb(service.pid))
             time.sleep(0.02)
 
-    with running_service(model, Path(tempfile.gettempdir()) / "bench-memory.log") as (url, service):
+    with running_service(model, Path(tempfile.gettempdir()) / "bench-memory.log", STEADY_STATE_ENV) as (
+        url,
+        service,
+    ):
         with httpx.Client(timeout=600) as client:  # one small request: everything is loaded
             client.post(url + "/score", json={"texts": ["warm-up"]}).raise_for_status()
         time.sleep(1.0)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.stand_ins import build_classifier
+from bench.stand_ins import STEADY_STATE_ENV, build_classifier
 from demo.run import running_service
 
 # Each route's own text field first, then the unknown one.
@@ -76,7 +76,9 @@ def main() -> None:
     hostile = {path: hostile_body(path, int(args.hostile_mb * 1024 * 1024)) for path in _HOSTILE_FIELDS}
     headers = {"content-type": "application/json", "X-Reward-Timeout-Ms": str(args.deadline_ms)}
     log = Path(tempfile.gettempdir()) / "bench-parse-stall.log"
-    with running_service(Path(model), log, {"REWARD_QUEUE_CAPACITY": "65536"}, timeout_s=300) as (url, _):
+    with running_service(
+        Path(model), log, {"REWARD_QUEUE_CAPACITY": "65536", **STEADY_STATE_ENV}, timeout_s=300
+    ) as (url, _):
         stop = threading.Event()
         statuses: Counter[str] = Counter()
         lock = threading.Lock()

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from bench.stand_ins import build_classifier, natural_texts
+from bench.stand_ins import STEADY_STATE_ENV, build_classifier, natural_texts
 from demo.run import running_service
 
 
@@ -146,6 +146,7 @@ def main() -> None:
         "REWARD_DEVICE": args.device,
         "REWARD_WORKERS": str(args.workers),
         "REWARD_MAX_ITEMS_PER_REQUEST": "1024",
+        **STEADY_STATE_ENV,
         **({"REWARD_MAX_WAIT_MS": str(args.max_wait_ms)} if args.max_wait_ms is not None else {}),
     }
     log = Path(tempfile.gettempdir()) / "bench-service.log"

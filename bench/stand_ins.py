@@ -29,6 +29,12 @@ from harness.build_cache import cached_build
 ROBERTA_BASE_VOCAB = 50_265
 
 
+# Service settings for steady-state figures: no standby engine, whose one-time import of PyTorch
+# right after the service is ready (a core for about 5 s on the 2-core sandbox) would land in the
+# first measurement, and whose memory (about 350 MB, fixed) would count as request growth.
+STEADY_STATE_ENV = {"REWARD_ENGINE_STANDBY": "false"}
+
+
 def docstring_corpus() -> list[str]:
     """Paragraphs of English prose from the standard library's docstrings, in a fixed order."""
     paragraphs: list[str] = []
