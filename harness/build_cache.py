@@ -4,7 +4,8 @@ The key covers the builder's arguments, the source of the modules that build and
 and the versions of the libraries that write it, so a change to any of them builds afresh; an
 unchanged builder is read back instead of trained again (within one test run and across runs).
 Builds are written beside the cache entry and renamed into place, so parallel processes never see
-half a model.
+half a model; a lock file per entry makes a second process (another pytest-xdist worker) wait for
+the first one's build instead of training the same model again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+
+from filelock import FileLock
 
 CACHE_ENV = "RLAIF_STAND_IN_CACHE"
 _LIBRARIES = ("torch", "transformers", "tokenizers")
@@ -53,16 +56,15 @@ def cached_build(
     if entry.is_dir():
         return entry
     entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
-    try:
-        builder(staging / "model", **kwargs)
+    with FileLock(f"{entry}.lock"):
+        if entry.is_dir():  # built by another process while this one waited
+            return entry
+        staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
         try:
+            builder(staging / "model", **kwargs)
             os.rename(staging / "model", entry)
-        except OSError:
-            if not entry.is_dir():  # lost the race to another process: its copy is the same build
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return entry
 
 

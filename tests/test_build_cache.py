@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.synchronize
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +34,38 @@ def test_a_builder_runs_once_per_arguments(tmp_path: Path, monkeypatch: pytest.M
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
     copy = build_cache.copy_of(first, tmp_path / "mine")
     assert (copy / "weights").read_text() == "www" and copy != first
+
+
+def write_slowly(out: Path, counter: str) -> Path:
+    with open(counter, "a") as log:
+        log.write("built\n")
+    time.sleep(0.5)  # long enough for the other process to ask for the same build meanwhile
+    out.mkdir()
+    return out
+
+
+def _build_after(barrier: multiprocessing.synchronize.Barrier, cache: str, counter: str) -> None:
+    import os
+
+    os.environ[build_cache.CACHE_ENV] = cache
+    barrier.wait()
+    build_cache.cached_build("m", write_slowly, counter=counter)
+
+
+def test_two_processes_asking_for_one_build_at_once_build_it_once(tmp_path: Path) -> None:
+    counter = str(tmp_path / "builds.log")
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(2)
+    workers = [
+        context.Process(target=_build_after, args=(barrier, str(tmp_path / "cache"), counter))
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert Path(counter).read_text() == "built\n"  # the second waited for the first's build
 
 
 def test_the_key_covers_the_builders_sources() -> None:
