@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -173,9 +174,16 @@ def test_workers_get_the_flags_and_every_process_logs_json_lines_with_request_id
             assert limits["max_items_per_request"] == 3
         too_many = httpx.post(url + "/score", json={"texts": ["a"] * 4})
         assert too_many.status_code == 413
-        scored = httpx.post(
-            url + "/score", json={"texts": ["I like you."]}, headers={"X-Request-Id": "trace-42"}
-        )
+        # /readyz answered for one worker; the other may still be starting its judge (a 503 with
+        # Retry-After, which clients retry): wait for it as a client would.
+        deadline = time.monotonic() + 60
+        while True:
+            scored = httpx.post(
+                url + "/score", json={"texts": ["I like you."]}, headers={"X-Request-Id": "trace-42"}
+            )
+            if scored.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert scored.status_code == 200 and scored.headers["x-request-id"] == "trace-42"
     finally:
         process.terminate()
