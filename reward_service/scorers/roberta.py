@@ -68,6 +68,13 @@ def load_classifier_card(model_path: str) -> ClassifierCard:
     return ClassifierCard(labels, reward_index, WindowTokenizer(tokenizer, max_tokens, model_path))
 
 
+def _seconds_left(deadline: float) -> float | None:
+    """Seconds before `deadline` (`time.monotonic()`); None: no deadline. At least a millisecond, so
+    a deadline already past reads as one."""
+    left_s = deadline - time.monotonic()
+    return max(1e-3, left_s) if math.isfinite(left_s) else None
+
+
 class RobertaScorer(Scorer):
     kind = "classifier"
     class_logits = True
@@ -167,10 +174,7 @@ class RobertaScorer(Scorer):
         # the engine answers one, tokenizing alone bounds how fast this front end can go.
         engine_rate = engine.tokens_per_s
         rate = tokenizer_rate if engine_rate is None else 1 / (1 / engine_rate + 1 / tokenizer_rate)
-        # None: no deadline. Else at least a millisecond, so a deadline already past reads as one.
-        left_s = deadline - time.monotonic()
-        budget_s = max(1e-3, left_s) if math.isfinite(left_s) else None
-        why = self._pending.refusal(estimate, budget_s, rate)
+        why = self._pending.refusal(estimate, _seconds_left(deadline), rate)
         if why is not None:
             raise Overloaded(
                 f"scorer '{self.name}' cannot score this request before its deadline: {why}",
@@ -195,8 +199,7 @@ class RobertaScorer(Scorer):
             )
         token_ids, lengths = pack_token_ids(tokenized.ids)
         tokenization_s = time.perf_counter() - started
-        left_s = options.deadline - time.monotonic()
-        result = await engine.score(token_ids, lengths, max(1e-3, left_s) if math.isfinite(left_s) else 0.0)
+        result = await engine.score(token_ids, lengths, _seconds_left(options.deadline) or 0.0)
         logits = result.logits
         self._metrics.truncated.labels(self.name).inc(tokenized.truncated)
         scores = [row[card.reward_index] for row in logits]
