@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -279,6 +280,33 @@ def test_a_frozen_engine_is_noticed_killed_and_replaced(
         assert new_pid != pid and supervisor.restarts() == 1
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # the frozen one was killed and reaped, not left behind
+        assert httpx.post(server.url + "/score", json={"texts": ["I like you."]}).status_code == 200
+
+
+def test_a_watcher_paused_past_the_heartbeat_timeout_does_not_kill_a_healthy_engine(
+    tiny_roberta: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A starved front end (CPU contention) deschedules the supervisor's watcher thread: it sends
+    # no beats meanwhile, so the engine's silence is the watcher's own pause, not a freeze. Under
+    # two test workers on a loaded 2-core machine this once killed a healthy engine ("answered no
+    # heartbeat for 3.8s") and the next requests got 503 "loading".
+    app = create_app(service_settings(tiny_roberta, engine_heartbeat_timeout_s=1.0))
+    with serving(app) as server:
+        supervisor = app.state.registry.engines.supervisor("roberta-hate")
+        [pid] = supervisor.pids()
+        wait_until(lambda: supervisor._engines[0].answered is not None)
+        check, paused = supervisor._check, threading.Event()
+
+        def paused_once(engine: object) -> None:
+            if not paused.is_set():
+                paused.set()
+                time.sleep(2.5)  # the watcher, descheduled past the timeout
+            check(engine)
+
+        monkeypatch.setattr(supervisor, "_check", paused_once)
+        wait_until(paused.is_set)
+        time.sleep(4.0)  # the pause, then several beats answered
+        assert supervisor.pids() == [pid] and supervisor.restarts() == 0
         assert httpx.post(server.url + "/score", json={"texts": ["I like you."]}).status_code == 200
 
 

@@ -61,6 +61,10 @@ class _Engine:
     heartbeat: zmq.Socket[bytes] | None = None
     # When this process last answered a heartbeat; None until it has answered once.
     answered: float | None = None
+    # When the first beat since that answer was sent: silence is counted from a beat the engine
+    # could have answered, so a watcher that was itself descheduled (a starved front end) and sent
+    # nothing meanwhile does not take its own pause for the engine's.
+    unanswered_since: float | None = None
     beat_sent: float = 0.0
     sequence: int = 0
     busy_s: float = 0.0
@@ -169,7 +173,7 @@ class EngineSupervisor:
         with self._lock:
             engine.process = process
             engine.started = time.monotonic()
-            engine.answered = None
+            engine.answered = engine.unanswered_since = None
             engine.busy_s = 0.0
             engine.was_ready = False
         log.info("%s pid %d for %s on %s", how, process.pid, self.scorer, engine.config.device)
@@ -266,11 +270,12 @@ class EngineSupervisor:
                 continue
             if reply.pid == process.pid:  # not a late reply of the engine this one replaced
                 engine.answered, engine.busy_s = now, reply.busy_s
+                engine.unanswered_since = None
                 engine.was_ready = engine.was_ready or reply.ready
         if engine.answered is not None:
-            silent_s = now - engine.answered
+            silent_s = 0.0 if engine.unanswered_since is None else now - engine.unanswered_since
             if silent_s > self.heartbeat_timeout_s:
-                self._kill_frozen(engine, f"answered no heartbeat for {silent_s:.1f}s")
+                self._kill_frozen(engine, f"left a heartbeat unanswered for {silent_s:.1f}s")
                 return
             if engine.busy_s > self.stall_timeout_s:
                 self._kill_frozen(engine, f"has been inside one step of its loop for {engine.busy_s:.0f}s")
@@ -281,7 +286,9 @@ class EngineSupervisor:
             try:
                 engine.heartbeat.send(protocol.encode(protocol.Heartbeat(engine.sequence)), zmq.NOBLOCK)
             except zmq.Again:
-                pass  # not connected yet (the engine is starting): no beat to miss
+                return  # not connected yet (the engine is starting): no beat to miss
+            if engine.unanswered_since is None:
+                engine.unanswered_since = now
 
     def _kill_frozen(self, engine: _Engine, why: str) -> None:
         assert engine.process is not None
@@ -294,7 +301,7 @@ class EngineSupervisor:
         )
         engine.process.kill()  # SIGKILL: it ends a stopped process too
         engine.process.wait()
-        engine.answered = None
+        engine.answered = engine.unanswered_since = None
 
     def _check(self, engine: _Engine) -> None:
         now = time.monotonic()
