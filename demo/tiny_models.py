@@ -7,6 +7,7 @@ service runs the exact code path it runs with `facebook/roberta-hate-speech-dyna
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -59,8 +60,10 @@ def build_tiny_roberta_classifier(
     hidden: int = 32,
     heads: int = 2,
     intermediate: int = 64,
+    sentences: Callable[[int, int], list[tuple[str, int]]] = labelled_sentences,
 ) -> Path:
-    """Save a small classifier to `out_dir`; with `train_steps` > 0 it learns hostile -> low nothate logit.
+    """Save a small classifier to `out_dir`; with `train_steps` > 0 it learns `sentences(256, seed)`'s
+    labels (by default hostile -> hate, a low nothate logit).
 
     The sizes default to the tiny stand-in of tests and the demo; benchmarks and slow-model tests
     pass larger ones (same architecture, labels and tokenizer).
@@ -83,7 +86,7 @@ def build_tiny_roberta_classifier(
     )
     model = RobertaForSequenceClassification(config)
     if train_steps > 0:
-        _train(model, tokenizer, train_steps, seed)
+        _train(model, tokenizer, sentences(256, seed), train_steps, seed)
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -91,9 +94,12 @@ def build_tiny_roberta_classifier(
 
 
 def _train(
-    model: RobertaForSequenceClassification, tokenizer: RobertaTokenizerFast, steps: int, seed: int
+    model: RobertaForSequenceClassification,
+    tokenizer: RobertaTokenizerFast,
+    data: list[tuple[str, int]],
+    steps: int,
+    seed: int,
 ) -> None:
-    data = labelled_sentences(256, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     generator = torch.Generator().manual_seed(seed)
     model.train()

@@ -112,8 +112,8 @@ class ServiceSettings(BaseSettings):
     engine_heartbeat_timeout_s: float = Field(
         default=3.0,
         gt=0,
-        description="An engine that has answered heartbeats and then answers none for this long (stopped "
-        "or frozen) is killed and restarted; its requests get 503.",
+        description="An engine that has answered heartbeats and then leaves one unanswered for this long "
+        "(stopped or frozen) is killed and restarted; its requests get 503.",
     )
     engine_stall_timeout_s: float = Field(
         default=120.0,
