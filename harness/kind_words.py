@@ -5,8 +5,9 @@ random policy's gibberish already scores near its ceiling and there is nothing l
 (docs/trainer.md, "Why GRPO/RLOO did not learn on a random-init policy"). This one is the same
 architecture, labels and tokenizer, trained on the text such a policy writes: random tokens of the
 tiny policy's vocabulary are `hate`; the same with one to three kind words among them are `nothate`.
-A random policy writes a kind word in about a quarter of its 16-token answers, so it starts low and
-has a clear way up, and only a trainer whose rewards belong to their own completions finds it.
+Scores are nearly two-valued (about -3.6 without a kind word, +2.2 with one, +3.4 with two), and
+a random policy's 16-token answers average about -0.8 held out, so it starts low with a clear way
+up, which only a trainer whose rewards belong to their own completions finds.
 """
 
 from __future__ import annotations

@@ -23,6 +23,12 @@ def service_settings(model: Path, **overrides: object) -> ServiceSettings:
     return ServiceSettings(_env_file=None, **values)
 
 
+def shared_service_settings(model: Path) -> ServiceSettings:
+    """A service that tests share across a module or the session: room for a trainer's batches
+    (64 items of up to 5,000 characters) and a queue no test fills."""
+    return service_settings(model, max_items_per_request=64, max_text_chars=5000, queue_capacity=4096)
+
+
 def bedrock_settings(fake: FakeBedrock, **overrides: object) -> ServiceSettings:
     """Settings for the Bedrock judge alone against the fake, with short retry budgets."""
     values: dict[str, object] = {

@@ -31,9 +31,11 @@ def shuffled_scores(seed: int = 0) -> Iterator[None]:
         order = list(range(len(response.scores)))
         rng.shuffle(order)
         labels = None if response.labels is None else [response.labels[i] for i in order]
-        members = {name: [scores[i] for i in order] for name, scores in (response.members or {}).items()}
-        update = {"scores": [response.scores[i] for i in order], "labels": labels}
-        return response.model_copy(update={**update, "members": members or response.members})
+        members = None
+        if response.members is not None:
+            members = {name: [scores[i] for i in order] for name, scores in response.members.items()}
+        scores = [response.scores[i] for i in order]
+        return response.model_copy(update={"scores": scores, "labels": labels, "members": members})
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(shared.client, "_parse_chunk", shuffled)

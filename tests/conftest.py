@@ -8,7 +8,7 @@ import pytest
 
 from harness.fake_bedrock import FakeBedrock, running_fake_bedrock
 from harness.live_server import LiveServer, serving
-from harness.service import isolate_aws, service_settings
+from harness.service import isolate_aws, shared_service_settings
 from harness.tiny_stand_ins import tiny_roberta_classifier
 from reward_service.app import create_app
 
@@ -66,9 +66,7 @@ def live_service(tiny_roberta: Path) -> Iterator[LiveServer]:
     """The reward service on a loopback port with the tiny model and small limits, one for the whole
     run: tests that use it must not change its state beyond counting (tests that stop, kill or
     overload a service start their own)."""
-    settings = service_settings(
-        tiny_roberta, max_items_per_request=64, max_text_chars=5000, queue_capacity=4096
-    )
+    settings = shared_service_settings(tiny_roberta)
     # A generous start-up budget: a failure here is every later user's error (pytest keeps it).
     with serving(create_app(settings), timeout_s=300) as server:
         yield server

@@ -28,7 +28,7 @@ pytest.importorskip("trl")
 from demo.hh_data import write_hh_jsonl  # noqa: E402
 from harness.kind_words import kind_words_classifier  # noqa: E402
 from harness.live_server import LiveServer, serving  # noqa: E402
-from harness.service import service_settings  # noqa: E402
+from harness.service import shared_service_settings  # noqa: E402
 from harness.shuffled_scores import shuffled_scores  # noqa: E402
 from harness.tiny_stand_ins import build_tiny_policy  # noqa: E402
 from reward_service.app import create_app  # noqa: E402
@@ -63,10 +63,7 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def kind_words_service() -> Iterator[LiveServer]:
-    settings = service_settings(
-        kind_words_classifier(), max_items_per_request=64, max_text_chars=5000, queue_capacity=4096
-    )
-    with serving(create_app(settings), timeout_s=300) as server:
+    with serving(create_app(shared_service_settings(kind_words_classifier())), timeout_s=300) as server:
         yield server
 
 
