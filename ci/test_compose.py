@@ -84,8 +84,10 @@ class Stack:
         done = subprocess.run(["docker", "inspect", container], capture_output=True, text=True, check=True)
         return json.loads(done.stdout)[0]
 
-    def logs(self, service: str, since: str | None = None) -> str:
-        args = ["logs", "--no-color", "--no-log-prefix"] + (["--since", since] if since else []) + [service]
+    def logs(self, service: str, since: str | None = None, timestamps: bool = False) -> str:
+        args = ["logs", "--no-color", "--no-log-prefix"] + (["--since", since] if since else [])
+        args += ["--timestamps"] if timestamps else []
+        args.append(service)
         done = self.compose(*args)
         return done.stdout + done.stderr
 
@@ -113,6 +115,15 @@ class Stack:
             if all(f'{key}="{value}"' in line for key, value in labels.items()):
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+
+def lines_around(log: str, needles: tuple[str, ...], context: int = 12) -> str:
+    """The lines of `log` that contain any of `needles`, each with `context` lines either side
+    (a failure's message shows where it happened, not the log's unrelated tail)."""
+    lines = log.splitlines()
+    hits = [i for i, line in enumerate(lines) if any(needle in line for needle in needles)]
+    shown = sorted({j for i in hits for j in range(max(0, i - context), min(len(lines), i + context + 1))})
+    return "\n".join(lines[j] for j in shown)
 
 
 def build_standins(folder: Path) -> None:
@@ -384,6 +395,8 @@ def test_compose_stop_while_trainers_score_exits_cleanly_and_answers_no_500(stac
     assert statuses <= {200, 503, "ConnectError", "RemoteProtocolError", "ReadError"}, statuses
     assert any(begin < started < end for begin, end, _ in answers), "no request was in flight at the stop"
     assert sum(status == 200 for _, _, status in answers) > 0
-    trainer_log = stack.logs("trainer")
-    assert "RewardScoringError" not in trainer_log and " 500" not in trainer_log, trainer_log[-4000:]
+    trainer_log = stack.logs("trainer", timestamps=True)
+    # The client's own words for a refusal; a bare " 500" would also match a logged `'episode': 500`.
+    refused = lines_around(trainer_log, ("RewardScoringError", "answered 500", "answered 424"))
+    assert not refused, f"{refused}\n----- reward log -----\n{log[-6000:]}"
     stack.compose("stop", "trainer", timeout=120, **stack.run_env)

@@ -14,8 +14,8 @@ from trl import ModelConfig  # noqa: E402
 
 from demo.hh_data import write_hh_jsonl  # noqa: E402
 from harness.live_server import LiveServer  # noqa: E402
+from harness.tiny_ppo import tiny_ppo_config  # noqa: E402
 from harness.tiny_stand_ins import build_tiny_policy  # noqa: E402
-from tests.test_trainer_learning import tiny_ppo_config  # noqa: E402
 from trainer.cli import eval_main  # noqa: E402
 from trainer.config import RLAIFArguments  # noqa: E402
 from trainer.train import build_trainer, run_training  # noqa: E402

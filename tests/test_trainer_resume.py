@@ -17,11 +17,11 @@ from trl import ModelConfig  # noqa: E402
 from demo.hh_data import write_hh_jsonl  # noqa: E402
 from harness.live_server import LiveServer, free_port  # noqa: E402
 from harness.service import service_settings  # noqa: E402
+from harness.tiny_ppo import tiny_ppo_config  # noqa: E402
 from harness.tiny_stand_ins import build_tiny_policy  # noqa: E402
 from reward_service.app import create_app  # noqa: E402
 from shared.client import RewardClient  # noqa: E402
 from shared.reward_function import RemoteReward, as_text  # noqa: E402
-from tests.test_trainer_learning import tiny_ppo_config  # noqa: E402
 from trainer.cli import EXIT_CONFIGURATION, train_main  # noqa: E402
 from trainer.config import RLAIFArguments, parse_args  # noqa: E402
 from trainer.group_train import build_group_trainer  # noqa: E402
