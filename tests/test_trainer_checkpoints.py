@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from demo.hh_data import write_hh_jsonl  # noqa: E402
 from harness.live_server import LiveServer  # noqa: E402
 from harness.tiny_stand_ins import build_tiny_policy  # noqa: E402
 from trainer import checkpoints  # noqa: E402
-from trainer.checkpoints import VALUE_MODEL_DIR, incompleteness, is_disk_full  # noqa: E402
+from trainer.checkpoints import VALUE_MODEL_DIR, DiskFull, incompleteness, is_disk_full, saving  # noqa: E402
 from trainer.cli import EXIT_DISK_FULL, train_main  # noqa: E402
 from trainer.run_dir import last_checkpoint  # noqa: E402
 
@@ -70,6 +72,33 @@ def test_disk_full_is_recognised_in_the_forms_torch_and_python_raise() -> None:
     assert is_disk_full(RuntimeError(f"[enforce fail at inline_container.cc:664] . {torch_message}"))
     assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
     assert not is_disk_full(RuntimeError("CUDA out of memory"))
+
+
+def test_safetensors_running_out_of_space_is_a_full_disk_too(tmp_path: Path) -> None:
+    """The weights are written by safetensors, whose error on a full disk is its own SafetensorError
+    (a plain Exception): on a real 64 KiB tmpfs where this process may mount one (root), else on
+    the error text safetensors gives."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)]).returncode == 0
+    )
+    try:
+        with pytest.raises(DiskFull) as stopped, saving(small / "checkpoint-2"):
+            if mounted:
+                save_file({"w": torch.zeros(100_000)}, str(small / "model.safetensors"))
+            else:
+                from safetensors import SafetensorError
+
+                raise SafetensorError(
+                    "Error while serializing: I/O error: No space left on device (os error 28)"
+                )
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(small)], check=True)
+    assert stopped.value.folder == small / "checkpoint-2"
+    assert "No space left on device" in str(stopped.value)
 
 
 @pytest.mark.slow

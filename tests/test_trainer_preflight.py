@@ -79,21 +79,35 @@ def test_an_unusable_dataset_is_one_line_before_models_load(
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "message"),
     [
-        ["--algorithm", "dpo"],
-        ["--learning_rat", "1e-5"],  # a typo
-        ["--algorithm", "grpo", "--kl_coef", "0.1"],  # a flag of another algorithm
-        ["--config", "no-such-config"],
-        ["--config", "configs/no-such.yaml"],
+        (["--algorithm", "dpo"], "choose one of ppo, grpo, rloo"),
+        # A typo, also one that is a prefix of a real flag (argparse would take it as --learning_rate).
+        (["--learning_rat", "1e-5"], "not used by the HfArgumentParser: ['--learning_rat'"),
+        (
+            ["--algorithm", "grpo", "--kl_coef", "0.1"],
+            "(this run: grpo); see rlaif-train --algorithm grpo --help",
+        ),
+        (["--config", "no-such-config"], "no shipped config of that name"),
+        (["--config", "configs/no-such.yaml"], "configs/no-such.yaml: no such file"),
+        (["--score_on", "foo"], "invalid choice: 'foo'"),
+        (["--learning_rate", "abc"], "invalid float value: 'abc'"),
     ],
-    ids=["unknown-algorithm", "typo", "other-algorithm", "unknown-config", "missing-config-file"],
+    ids=[
+        "unknown-algorithm",
+        "typo",
+        "other-algorithm",
+        "unknown-config",
+        "missing-config-file",
+        "bad-choice",
+        "bad-number",
+    ],
 )
 def test_every_usage_error_is_one_line_and_exit_2(
-    hh_file: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+    hh_file: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     assert train(UNREACHABLE, hh_file, *argv) == 2
-    one_line_error(capsys)
+    assert message in one_line_error(capsys)
 
 
 def test_grpo_help_recommends_only_flags_grpo_takes() -> None:
@@ -194,6 +208,13 @@ def test_rlaif_eval_on_a_folder_without_a_trained_model_says_so(
     ]
     assert eval_main([*argv, "--output_dir", str(tmp_path / "empty")]) == 2
     assert "no trained model in" in one_line_error(capsys)
+    # A trained model, but its report could not be written where asked: said before anything loads.
+    (tmp_path / "tuned").mkdir()
+    (tmp_path / "tuned" / "config.json").write_text("{}")
+    (tmp_path / "a-file").write_text("")
+    blocked = ["--eval_model", str(tmp_path / "tuned"), "--output_dir", str(tmp_path / "a-file" / "report")]
+    assert eval_main([*argv, *blocked]) == 2
+    assert "--output_dir" in (line := one_line_error(capsys)) and "not writable" in line
 
 
 @dataclass

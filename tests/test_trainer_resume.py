@@ -101,6 +101,21 @@ def test_service_down_mid_run_then_resume(tmp_path: Path, tiny_roberta: Path, st
     steps = [e["step"] for e in result.log_history if "reward/mean" in e]
     assert steps == list(range(1, STEPS + 1))
     assert (out / "model.safetensors").exists()
+    # The steps after the outage are those of a run the outage never hit: the checkpoint holds the
+    # RNG state of the step's end, not that of the unfinished step's sampling.
+    third = LiveServer(create_app(service_settings(tiny_roberta))).start()
+    try:
+        whole = build_trainer(
+            _args(data, third.url), tiny_ppo_config(tmp_path / "whole", STEPS, **ppo), model_config
+        )[0]
+        uninterrupted = run_training(whole).log_history
+    finally:
+        third.stop()
+    expected, got = _steps(uninterrupted, STOP_AT + 1), _steps(result.log_history, STOP_AT + 1)
+    assert [e["episode"] for e in got] == [8 * step for step in range(STOP_AT + 1, STEPS + 1)]
+    for want, have in zip(expected, got, strict=True):
+        for key, value in want.items():
+            assert have[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (want["step"], key)
 
 
 def test_cli_stops_before_loading_anything_when_the_service_is_down(

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,10 @@ WEIGHT_FILES = (
 )
 RESUME_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-# torch.save reports a full disk as a RuntimeError without an errno.
-DISK_FULL_TEXT = ("no space left", "file write failed", "disk quota")
+# torch.save reports a full disk as a RuntimeError without an errno, safetensors (the weights) as its
+# own SafetensorError ("I/O error: No space left on device (os error 28)"), a plain Exception.
+DISK_FULL_TEXT = ("no space left", "file write failed", "disk quota", "os error 28", "os error 122")
+SAVE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
 
 class DiskFull(RuntimeError):
@@ -48,7 +50,7 @@ class DiskFull(RuntimeError):
 def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
         return True
-    return isinstance(exc, (OSError, RuntimeError)) and any(t in str(exc).lower() for t in DISK_FULL_TEXT)
+    return isinstance(exc, SAVE_ERRORS) and any(t in str(exc).lower() for t in DISK_FULL_TEXT)
 
 
 @contextmanager
@@ -58,7 +60,7 @@ def saving(folder: Path) -> Iterator[None]:
         yield
     except DiskFull:
         raise
-    except (OSError, RuntimeError) as exc:
+    except SAVE_ERRORS as exc:
         if is_disk_full(exc):
             raise DiskFull(folder, exc) from exc
         raise

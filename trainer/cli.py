@@ -19,7 +19,7 @@ from shared.errors import RewardClientError
 from trainer.config import RLAIFArguments, TrainingConfig, kl_weight, max_new_tokens, parse_args
 from trainer.data import DatasetError
 from trainer.evaluate import EvalReport, Sampling, evaluate_policies, write_report
-from trainer.preflight import PreflightError, check_trained_model, run_preflight
+from trainer.preflight import PreflightError, check_output_dir, check_trained_model, run_preflight
 from trainer.progress import hide_harmless_warnings
 from trainer.run_dir import (
     RunDirError,
@@ -296,6 +296,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     assert base
     try:
         check_trained_model(tuned_path)
+        check_output_dir(config.output_dir)  # where the report goes: found before the models load
         run_preflight(script_args, model_config)
     except PreflightError as exc:
         return _preflight_failed(script_args, exc)

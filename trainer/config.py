@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
 import yaml
 from trl import GRPOConfig, ModelConfig, RLOOConfig, ScriptArguments, TrlParser
@@ -71,9 +71,9 @@ class RLAIFArguments(ScriptArguments):
     empty_response_penalty: float = field(
         default=0.0,
         metadata={
-            "help": "Subtracted from the reward of an empty response (PPO's reward only; the service's "
-            "scores and the evaluation are unchanged). A classifier that rates silence as harmless makes "
-            "empty answers the cheapest reward: the demo uses 3.0."
+            "help": "Subtracted from the training reward of an empty response (every algorithm; the "
+            "service's scores and the evaluation are unchanged). A classifier that rates silence as "
+            "harmless makes empty answers the cheapest reward: the demo uses 3.0."
         },
     )
     value_model_path: str | None = field(
@@ -263,11 +263,23 @@ status 2).
 UNUSED_FLAGS = ("--dataset_test_split", "--dataset_streaming", "--ignore_bias_buffers")
 
 
+class _OneLineErrors(TrlParser):
+    """argparse's own errors (a bad value, an invalid choice) as one `error:` line and exit 2, like
+    every other usage error, instead of the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}; see --help")
+
+
 def parser(algorithm: str = "ppo") -> TrlParser:
     usage = USAGE.format(
         configs=", ".join(shipped_configs()), algorithm=algorithm, algorithm_flags=ALGORITHM_FLAGS[algorithm]
     )
-    built = TrlParser((RLAIFArguments, CONFIG_CLASSES[algorithm], ModelConfig), usage=usage)
+    # allow_abbrev=False: a typo that is a prefix (`--learning_rat`) is an unknown flag, not silently
+    # another flag.
+    built = _OneLineErrors(
+        (RLAIFArguments, CONFIG_CLASSES[algorithm], ModelConfig), usage=usage, allow_abbrev=False
+    )
     for action in built._actions:  # argparse has no public way to hide an added flag
         if any(option in UNUSED_FLAGS for option in action.option_strings):
             action.help = argparse.SUPPRESS

@@ -26,6 +26,7 @@ from trainer.config import RLAIFArguments
 from trainer.progress import use_step_lines
 from trainer.responses import is_empty, response_figures
 from trainer.run_dir import last_checkpoint
+from trainer.step_rng import StepEndRandomStates, restore_last_step_end
 from trainer.tensorboard import continue_tensorboard
 from trainer.train import ResumePoint, load_policy, load_tokenizer, reward_retry, splits_for
 
@@ -98,7 +99,9 @@ class _RemoteRewardParts:
             super().save_model(output_dir, _internal_call)  # type: ignore[misc]
 
     def save_checkpoint_now(self) -> Path:
-        """Save a checkpoint of the current step (weights, optimizer, scheduler, RNG, state)."""
+        """Save a checkpoint of the current step (weights, optimizer, scheduler, state), with the RNG
+        states of the last whole step (trainer/step_rng.py)."""
+        restore_last_step_end(self)
         self._save_checkpoint(self.model, trial=None)  # type: ignore[attr-defined]
         step = self.state.global_step  # type: ignore[attr-defined]
         return Path(self.args.output_dir) / f"checkpoint-{step}"  # type: ignore[attr-defined]
@@ -170,6 +173,7 @@ def build_group_trainer(
         train_dataset=prompt_dataset(train_set, tokenizer),
         processing_class=tokenizer,
         peft_config=get_peft_config(model_config),
+        callbacks=[StepEndRandomStates()],
     )
     trainer.remote_rewards = rewards
     use_step_lines(trainer)

@@ -46,6 +46,7 @@ from trainer.config import RLAIFArguments
 from trainer.data import build_splits
 from trainer.progress import use_step_lines
 from trainer.run_dir import last_checkpoint, mark_finished
+from trainer.step_rng import StepEndRandomStates, restore_last_step_end
 from trainer.tensorboard import continue_tensorboard
 from trainer.waiting import WaitingRetryPolicy
 
@@ -302,7 +303,9 @@ class RemoteRewardPPOTrainer(PPOTrainer):
         self.reward_model.client.close()
 
     def save_checkpoint_now(self) -> Path:
-        """Save what TRL saves (policy, optimizer, scheduler, state) plus the value model."""
+        """Save what TRL saves (policy, optimizer, scheduler, state) plus the value model, with the
+        RNG states of the last whole step (trainer/step_rng.py)."""
+        restore_last_step_end(self)
         self._save_checkpoint(self.model, trial=None)
         return Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
 
@@ -366,7 +369,7 @@ def build_trainer(
         ppo_config.local_rollout_forward_batch_size,
         ppo_config.per_device_train_batch_size * ppo_config.gradient_accumulation_steps,
     )
-    callbacks: list[TrainerCallback] = []
+    callbacks: list[TrainerCallback] = [StepEndRandomStates()]
     trainer = RemoteRewardPPOTrainer(
         args=ppo_config,
         processing_class=tokenizer,
