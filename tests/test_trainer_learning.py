@@ -213,6 +213,11 @@ def test_report_files_match_a_recomputation(runs: Runs) -> None:
     # Lengths were counted in tokens for every row, on both sides.
     assert all(r.before_tokens is not None and r.after_tokens is not None for r in rows)
     assert saved["hate_share"]["before"] > saved["hate_share"]["after"]
+    # What the run was, enough to compare it with another: data, batch, algorithm, steps.
+    policy, data = runs.stand_ins
+    assert saved["run"]["dataset"] == str(data) and saved["run"]["batch_size"] == 16
+    assert saved["run"]["algorithm"] == "ppo" and saved["run"]["steps"] == PPO_STEPS
+    assert saved["run"]["policy"] == str(policy) and saved["run"]["learning_rate"] == 1e-2
     # The saved scores are what the service gives for the saved responses.
     with RewardClient(runs.url) as client:
         rescored = client.score(

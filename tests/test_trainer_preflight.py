@@ -14,6 +14,7 @@ pytest.importorskip("trl")
 from demo.hh_data import write_hh_jsonl  # noqa: E402
 from harness.live_server import LiveServer, free_port, serving  # noqa: E402
 from harness.service import service_settings  # noqa: E402
+from harness.tiny_stand_ins import build_tiny_policy  # noqa: E402
 from reward_service.app import create_app  # noqa: E402
 from shared.errors import RewardRequestError, RewardServiceUnavailable  # noqa: E402
 from trainer.cli import eval_main, train_main  # noqa: E402
@@ -108,6 +109,25 @@ def test_every_usage_error_is_one_line_and_exit_2(
 ) -> None:
     assert train(UNREACHABLE, hh_file, *argv) == 2
     assert message in one_line_error(capsys)
+
+
+def test_a_token_length_filter_that_keeps_no_prompt_is_one_line_and_exit_2(
+    live_service: LiveServer, hh_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The last dataset check needs the tokenizer: it runs once that is loaded, still before the
+    models, and words its error like the others."""
+    policy = build_tiny_policy(tmp_path / "policy")
+    argv = ["--model_name_or_path", str(policy), "--dataset_name", str(hh_file)]
+    argv += [
+        "--reward_url",
+        live_service.url,
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--max_prompt_tokens",
+        "1",
+    ]
+    assert train_main(argv) == 2
+    assert "every prompt is longer than max_prompt_tokens=1" in one_line_error(capsys)
 
 
 def test_grpo_help_recommends_only_flags_grpo_takes() -> None:
