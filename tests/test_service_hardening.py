@@ -142,12 +142,15 @@ def test_requests_past_the_shutdown_grace_period_get_503_and_the_process_exits_0
 ) -> None:
     port = free_port()
     log = tmp_path / "service.log"
-    # Every batch takes at least a second, on any machine.
+    # Every batch takes at least a second, on any machine, and holds one request at most: six
+    # requests are six seconds of work whatever the engine gathered before SIGTERM (CI once saw all
+    # 96 items in one batch, done inside the grace period).
     gate = EngineGate(tmp_path / "gate").pace(1.0)
     env = {
         "REWARD_GRACEFUL_SHUTDOWN_S": "1",
         "REWARD_RETRY_AFTER_S": "4",
         "REWARD_MAX_ITEMS_PER_REQUEST": "16",
+        "REWARD_MAX_BATCH_ITEMS": "16",
         **gate.environment(),
     }
     process = demo_run.start_service(tiny_roberta, port, log, env)
