@@ -92,6 +92,11 @@ def test_group_configs_pick_their_trainer_and_take_its_flags(name: str, algorith
     # Flags of another algorithm are refused, not silently ignored.
     with pytest.raises(SystemExit):
         parse_args(["--config", name, *CPU, "--kl_coef", "0.1"])
+    # PPO's critic flag is this trainer's own: refused with the reason and not in this --help.
+    with pytest.raises(SystemExit, match="only PPO trains a value model"):
+        parse_args(["--config", name, *CPU, "--value_model_path", "critic"])
+    assert "--value_model_path" not in trainer_config.parser(algorithm).format_help()
+    assert "--value_model_path" in trainer_config.parser("ppo").format_help()
     # --algorithm on the command line wins over the file, whose GRPO/RLOO keys PPO then refuses.
     with pytest.raises(SystemExit, match="this run: ppo"):
         parse_args(["--config", name, *CPU, "--algorithm", "ppo"])

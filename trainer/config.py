@@ -261,6 +261,8 @@ status 2).
 """
 # TRL's ScriptArguments flags that this trainer ignores: not shown in --help (still accepted).
 UNUSED_FLAGS = ("--dataset_test_split", "--dataset_streaming", "--ignore_bias_buffers")
+# This trainer's own flags that only PPO takes: hidden from grpo/rloo's --help and refused there.
+PPO_ONLY_FLAGS = ("--value_model_path",)
 
 
 class _OneLineErrors(TrlParser):
@@ -280,8 +282,9 @@ def parser(algorithm: str = "ppo") -> TrlParser:
     built = _OneLineErrors(
         (RLAIFArguments, CONFIG_CLASSES[algorithm], ModelConfig), usage=usage, allow_abbrev=False
     )
+    hidden = UNUSED_FLAGS if algorithm == "ppo" else UNUSED_FLAGS + PPO_ONLY_FLAGS
     for action in built._actions:  # argparse has no public way to hide an added flag
-        if any(option in UNUSED_FLAGS for option in action.option_strings):
+        if any(option in hidden for option in action.option_strings):
             action.help = argparse.SUPPRESS
     return built
 
@@ -321,6 +324,11 @@ def parse_args(
             f"rlaif-train --algorithm {algorithm} --help"
         ) from exc
     script_args.algorithm = algorithm  # type: ignore[assignment]
+    if algorithm != "ppo" and script_args.value_model_path:
+        raise UsageError(
+            f"--value_model_path: only PPO trains a value model (critic); --algorithm {algorithm} "
+            "uses none, so the flag would be ignored"
+        )
     if not model_config.model_name_or_path:
         raise UsageError("--model_name_or_path is required (a hub id or a local directory)")
     scorers = script_args.reward_scorers()
