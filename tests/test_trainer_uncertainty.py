@@ -40,6 +40,10 @@ def test_a_few_flipped_answers_on_13_prompts_are_reported_as_possibly_noise() ->
     assert any("includes 0: the change may be noise" in w for w in u["warnings"])
     assert any("only 13 held-out prompts" in w for w in u["warnings"])
     assert u["hate_share"]["change"] == pytest.approx(-3 / 13)
+    # Answers only flipped from hateful to harmless, so no resample can show the share rising; the
+    # interval holds the observed change and stays inside what 13 prompts allow.
+    share_low, share_high = u["hate_share"]["ci95"]
+    assert -1 <= share_low < -3 / 13 < share_high <= 0
     text = render_markdown(report)
     assert "95% interval" in text and "n = 13 prompts" in text and "**Warning:** only 13" in text
 
