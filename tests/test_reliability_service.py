@@ -16,7 +16,7 @@ import pytest
 from demo import run as demo_run
 from harness.engine_gate import EngineGate, wait_for_items_sent
 from harness.live_server import free_port, serving
-from harness.metrics import metric
+from harness.metrics import metric, wait_for_enqueued_items
 from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
 
@@ -73,7 +73,10 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0(tiny_roberta: Path,
             futures = [
                 pool.submit(httpx.post, url, json={"texts": long_texts}, timeout=120) for _ in range(4)
             ]
-            time.sleep(0.5)
+            # SIGTERM once all four are in the engine (a fixed sleep let a slow machine's requests
+            # arrive after it, refused at connect); 4 x 128 windows in 2048-token batches are still
+            # many batches of work then.
+            wait_for_enqueued_items(f"http://127.0.0.1:{port}", 4 * 128)
             process.send_signal(signal.SIGTERM)
             responses = [f.result() for f in futures]
         assert [r.status_code for r in responses] == [200] * 4
