@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 # satisfied and pip pulls no CUDA packages (see README, "Pins").
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.installed
-# pytest-xdist workers for `make test` (0: one process, the default). TEST_WORKERS=2 runs two, each
-# module on one worker (--dist loadfile); not the default because on 2 cores it was no faster
-# (docs/testing.md, "Parallel runs").
-TEST_WORKERS ?= 0
+# pytest-xdist workers for `make test`: two, each module on one worker (--dist loadfile); on the
+# 2-core sandbox 8 min 40 s against 13 min 41 s for one process (TEST_WORKERS=0), measured 3
+# December 2026 (docs/testing.md, "How long it takes").
+TEST_WORKERS ?= 2
 
 .PHONY: install test compose-test install-test demo serve lint clean
 

@@ -24,7 +24,7 @@ def _no_standby_engines() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread_per_worker() -> Iterator[None]:
-    """Under pytest-xdist (`TEST_WORKERS=2`), torch in each worker and in the processes it starts
+    """Under pytest-xdist (`make test` runs two workers), torch in each worker and in the processes it starts
     uses one thread: with torch's default of one per core, two workers' threads and their engines'
     spun on each other's cores (41 CPU-minutes for the suite against 13 in one process)."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):

@@ -365,7 +365,7 @@ def test_two_engines_share_the_work_and_one_dying_leaves_the_other_serving(tiny_
         with ThreadPoolExecutor(max_workers=8) as pool:
             answers = list(pool.map(lambda t: httpx.post(server.url + "/score", json={"texts": [t]}), texts))
         refused = [a.text for a in answers if a.status_code != 200]
-        assert [a.status_code for a in answers] == [200] * 24, refused
+        assert [a.status_code for a in answers] == [200] * len(texts), refused
         assert [a.json()["scores"][0] for a in answers] == pytest.approx(expected, abs=1e-4)
         first, _ = supervisor.pids()
         os.kill(first, signal.SIGKILL)
@@ -420,7 +420,7 @@ def test_several_front_end_workers_feed_one_engine_and_metrics_add_up(
                 pool.map(lambda t: httpx.post(url + "/score", json={"texts": [t]}, timeout=30), texts)
             )
         refused = [a.text for a in answers if a.status_code != 200]
-        assert [a.status_code for a in answers] == [200] * 24, refused
+        assert [a.status_code for a in answers] == [200] * len(texts), refused
         assert [a.json()["scores"][0] for a in answers] == pytest.approx(
             [direct.nothate_logit(t) for t in texts], abs=1e-4
         )
