@@ -261,7 +261,8 @@ status 2).
 """
 # TRL's ScriptArguments flags that this trainer ignores: not shown in --help (still accepted).
 UNUSED_FLAGS = ("--dataset_test_split", "--dataset_streaming", "--ignore_bias_buffers")
-# This trainer's own flags that only PPO takes: hidden from grpo/rloo's --help and refused there.
+# This trainer's own flags for PPO's value model (critic): hidden from grpo/rloo's --help and
+# refused there (parse_args reads this list for both).
 PPO_ONLY_FLAGS = ("--value_model_path",)
 
 
@@ -324,9 +325,10 @@ def parse_args(
             f"rlaif-train --algorithm {algorithm} --help"
         ) from exc
     script_args.algorithm = algorithm  # type: ignore[assignment]
-    if algorithm != "ppo" and script_args.value_model_path:
+    given = [flag for flag in PPO_ONLY_FLAGS if getattr(script_args, flag.removeprefix("--"))]
+    if algorithm != "ppo" and given:
         raise UsageError(
-            f"--value_model_path: only PPO trains a value model (critic); --algorithm {algorithm} "
+            f"{given[0]}: only PPO trains a value model (critic); --algorithm {algorithm} "
             "uses none, so the flag would be ignored"
         )
     if not model_config.model_name_or_path:
