@@ -60,6 +60,10 @@ def build_tiny_policy(
         n_embd=64,
         n_layer=2,
         n_head=2,
+        # GPT-2's tanh GELU as one fused op: the same function as its default "gelu_new" (within
+        # 3e-7) without the handful of elementwise ops, and their backward, that make "gelu_new"
+        # a tenth of this model's training time on a CPU.
+        activation_function="gelu_pytorch_tanh",
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
