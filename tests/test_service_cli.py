@@ -192,5 +192,8 @@ def test_workers_get_the_flags_and_every_process_logs_json_lines_with_request_id
     assert all({"time", "level", "logger", "message", "pid"} <= set(line) for line in lines)
     started = {line["pid"] for line in lines if line["message"].startswith("Started server process")}
     assert len(started) == 2  # uvicorn's own lines, from each worker, in the same format
-    [access] = [line for line in lines if line.get("request_id") == "trace-42"]
-    assert access["logger"] == "uvicorn.access" and '"POST /score HTTP/1.1" 200' in access["message"]
+    # The loop above may have sent the id more than once (a 503 from a worker still starting on a
+    # loaded machine, as CI saw): each try is logged under it, and exactly one was the 200.
+    access = [line for line in lines if line["logger"] == "uvicorn.access"]
+    tries = [line for line in access if line.get("request_id") == "trace-42"]
+    assert sum('"POST /score HTTP/1.1" 200' in line["message"] for line in tries) == 1, tries
