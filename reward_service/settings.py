@@ -100,7 +100,8 @@ class ServiceSettings(BaseSettings):
         default=0.0,
         ge=0,
         description="While the device is idle, how long an engine waits for more items to fill a batch; "
-        "0 = run at once (items that arrive meanwhile form the next batch).",
+        "0 = run at once (items that arrive meanwhile form the next batch). A full batch "
+        "(max_batch_tokens or max_batch_items waiting) runs without waiting.",
     )
     queue_capacity: int = Field(
         default=16_384, ge=1, description="Items waiting in one scorer's queue before 503."

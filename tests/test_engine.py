@@ -398,6 +398,37 @@ def test_scores_through_the_engine_do_not_depend_on_batch_mates(tiny_roberta: Pa
     assert together == pytest.approx([a[0] for a in alone], abs=1e-5)
 
 
+def test_a_full_batch_runs_at_once_however_long_the_batching_window(tiny_roberta: Path) -> None:
+    """REWARD_MAX_WAIT_MS lets an idle engine wait for more items; once a whole batch of
+    REWARD_MAX_BATCH_ITEMS is waiting, nothing more can join it, so it runs without waiting."""
+    window_s = 600.0
+
+    async def main() -> tuple[list[float], list[list[float]]]:
+        settings = service_settings(tiny_roberta, max_wait_ms=window_s * 1000, max_batch_items=4)
+        registry = build_registry(settings, ServiceMetrics())
+        scorer = registry.get(None)
+        await registry.start()
+        try:
+            while not scorer.ready:
+                await asyncio.sleep(0.05)
+            options = ScoreOptions(truncation_side="left")
+            # Far less than the window: only a batch that did not wait it out is answered in time.
+            whole = await asyncio.wait_for(scorer.score(TEXTS[:4], options), timeout=window_s / 10)
+            halves = await asyncio.wait_for(
+                asyncio.gather(scorer.score(TEXTS[:2], options), scorer.score(TEXTS[2:4], options)),
+                timeout=window_s / 10,
+            )
+            return whole.scores, [half.scores for half in halves]
+        finally:
+            await registry.close()
+
+    whole, halves = asyncio.run(main())
+    assert halves[0] + halves[1] == pytest.approx(whole, abs=1e-5)
+
+
+TEXTS = ["Have a lovely day.", "You are kind.", "Thanks for the help!", "What a nice dog."]
+
+
 def test_several_front_end_workers_feed_one_engine_and_metrics_add_up(
     tiny_roberta: Path, tmp_path: Path
 ) -> None:

@@ -56,8 +56,10 @@ def test_two_trainers_share_one_service(tmp_path: Path, tiny_roberta: Path, monk
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # A long batching window so that requests of the two trainers that arrive close together share
-    # a model batch, which /metrics then shows as batches larger than one trainer's request.
+    # a model batch, which /metrics then shows as batches larger than one trainer's request. A batch
+    # holds both trainers' requests at most, and a full batch does not wait out the window.
     monkeypatch.setenv("REWARD_MAX_WAIT_MS", "3000")
+    monkeypatch.setenv("REWARD_MAX_BATCH_ITEMS", str(2 * BATCH))
     service = start_service(tiny_roberta, port, tmp_path / "service.log")
     try:
         wait_ready(url, service)

@@ -181,8 +181,11 @@ class EngineCore:
         oldest = self.scheduler.oldest_arrival()
         if oldest is None:
             return IDLE_POLL_MS
-        if self.scheduler.waiting_tokens >= self.config.max_batch_tokens:
-            return 0
+        if (
+            self.scheduler.waiting_tokens >= self.config.max_batch_tokens
+            or self.scheduler.waiting_items >= self.config.max_batch_items
+        ):
+            return 0  # a full batch is waiting: more arrivals cannot join it
         # Give concurrent clients up to max_wait_ms to add items to a batch that is not full yet.
         return max(0, int((oldest + self.config.max_wait_ms / 1000 - time.monotonic()) * 1000))
 
