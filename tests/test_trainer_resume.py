@@ -62,7 +62,9 @@ def _args(data: Path, url: str, **overrides: Any) -> RLAIFArguments:
 
 
 @pytest.mark.slow
-def test_service_down_mid_run_then_resume(tmp_path: Path, tiny_roberta: Path, stand_ins) -> None:
+def test_service_down_mid_run_then_resume(
+    tmp_path: Path, tiny_roberta: Path, live_service: LiveServer, stand_ins
+) -> None:
     policy, data = stand_ins
     out = tmp_path / "run"
     model_config = ModelConfig(model_name_or_path=str(policy))
@@ -86,31 +88,25 @@ def test_service_down_mid_run_then_resume(tmp_path: Path, tiny_roberta: Path, st
     assert state["global_step"] == STOP_AT
     assert len([e for e in state["log_history"] if "reward/mean" in e]) == STOP_AT
 
-    second = LiveServer(create_app(service_settings(tiny_roberta))).start()
-    try:
-        resumed, point, _ = build_trainer(
-            _args(data, second.url, resume=True), tiny_ppo_config(out, STEPS, **ppo), model_config
-        )
-        assert point is not None and point.checkpoint == checkpoint and point.global_step == STOP_AT
-        assert resumed.lr_scheduler.state_dict()["last_epoch"] == STOP_AT
-        assert len(resumed.optimizer.state_dict()["state"]) > 0  # Adam moments came back
-        result = run_training(resumed)
-    finally:
-        second.stop()
+    # The resumed run and the uninterrupted one are scored by the run's shared service (the same
+    # model as the one stopped): only the first service's state is changed by this test.
+    resumed, point, _ = build_trainer(
+        _args(data, live_service.url, resume=True), tiny_ppo_config(out, STEPS, **ppo), model_config
+    )
+    assert point is not None and point.checkpoint == checkpoint and point.global_step == STOP_AT
+    assert resumed.lr_scheduler.state_dict()["last_epoch"] == STOP_AT
+    assert len(resumed.optimizer.state_dict()["state"]) > 0  # Adam moments came back
+    result = run_training(resumed)
     assert result.global_step == STEPS
     steps = [e["step"] for e in result.log_history if "reward/mean" in e]
     assert steps == list(range(1, STEPS + 1))
     assert (out / "model.safetensors").exists()
     # The steps after the outage are those of a run the outage never hit: the checkpoint holds the
     # RNG state of the step's end, not that of the unfinished step's sampling.
-    third = LiveServer(create_app(service_settings(tiny_roberta))).start()
-    try:
-        whole = build_trainer(
-            _args(data, third.url), tiny_ppo_config(tmp_path / "whole", STEPS, **ppo), model_config
-        )[0]
-        uninterrupted = run_training(whole).log_history
-    finally:
-        third.stop()
+    whole = build_trainer(
+        _args(data, live_service.url), tiny_ppo_config(tmp_path / "whole", STEPS, **ppo), model_config
+    )[0]
+    uninterrupted = run_training(whole).log_history
     expected, got = _steps(uninterrupted, STOP_AT + 1), _steps(result.log_history, STOP_AT + 1)
     assert [e["episode"] for e in got] == [8 * step for step in range(STOP_AT + 1, STEPS + 1)]
     for want, have in zip(expected, got, strict=True):
