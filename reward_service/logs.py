@@ -16,10 +16,6 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from huggingface_hub.utils import disable_progress_bars
-from huggingface_hub.utils import logging as hub_logging
-from transformers.utils import logging as transformers_logging
-
 from reward_service.request_context import current_request_id
 
 LogFormat = Literal["text", "json"]
@@ -62,21 +58,31 @@ class JsonFormatter(logging.Formatter):
 def stderr_handler(log_format: LogFormat) -> logging.Handler:
     """The one handler of the process (dictConfig calls this in every process that applies the config).
 
-    transformers and huggingface_hub install stderr handlers of their own (transformers also stops
-    propagation, huggingface_hub does not: its warnings appeared twice, once unformatted). They are
-    taken away here, so that library records reach this handler once; Python warnings go through
-    logging too. Progress bars are not log lines, so JSON output has none.
+    Python warnings go through logging too.
     """
+    if "transformers" in sys.modules:  # an engine process; a front end never imports it
+        _route_transformers_logging(log_format)
+    logging.captureWarnings(True)
+    return logging.StreamHandler(sys.stderr)
+
+
+def _route_transformers_logging(log_format: LogFormat) -> None:
+    """transformers and huggingface_hub install stderr handlers of their own (transformers also
+    stops propagation, huggingface_hub does not: its warnings appeared twice, once unformatted).
+    They are taken away, so that library records reach the root handler once. Progress bars are not
+    log lines, so JSON output has none."""
+    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as transformers_logging
+
     transformers_logging.disable_default_handler()
     transformers_logging.enable_propagation()
     hub_logger = hub_logging.get_logger()
     for handler in list(hub_logger.handlers):
         hub_logger.removeHandler(handler)
-    logging.captureWarnings(True)
     if log_format == "json":
         transformers_logging.disable_progress_bar()
         disable_progress_bars()
-    return logging.StreamHandler(sys.stderr)
 
 
 def log_config(level: str, log_format: LogFormat) -> dict[str, Any]:

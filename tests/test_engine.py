@@ -29,12 +29,13 @@ from harness.live_server import serving
 from harness.reference_scoring import DirectScorer
 from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
+from reward_service.engine.model_card import read_model_card
 from reward_service.engine.model_runner import ModelRunner, load_classifier
 from reward_service.engine.scheduler import FairScheduler, QueuedRequest
 from reward_service.metrics import ServiceMetrics
 from reward_service.scorers import Scorer, build_registry
 from reward_service.scorers.base import ScoreOptions
-from reward_service.scorers.roberta import load_classifier_card
+from reward_service.scorers.tokenization import WindowTokenizer
 
 
 def queued(request_id: int, lengths: list[int], client: bytes = b"c") -> QueuedRequest:
@@ -230,6 +231,25 @@ def test_a_standby_engine_replaces_a_dead_one_and_a_new_standby_follows(tiny_rob
         second = supervisor.standby_pid()
     with pytest.raises(ProcessLookupError):
         os.kill(second, 0)  # stopping the service ends the standby too, not left behind
+
+
+def test_a_standby_no_longer_needed_before_it_is_ready_exits_0_without_a_traceback(
+    tiny_roberta: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    # As when the service stops while its standby is still importing: nobody reads its stdout.
+    standby = subprocess.Popen(
+        [sys.executable, "-m", "reward_service.engine", "--standby", str(tiny_roberta)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert standby.stdout is not None
+    standby.stdout.close()
+    _, stderr = standby.communicate(timeout=120)
+    assert standby.returncode == 0 and b"Traceback" not in stderr and b"Error" not in stderr, stderr
 
 
 def test_readiness_is_503_while_the_only_engine_is_down(tiny_roberta: Path) -> None:
@@ -471,7 +491,8 @@ def test_long_texts_are_cut_before_tokenizing_with_the_same_ids_and_count(tiny_r
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    tokenizer = load_classifier_card(str(tiny_roberta)).tokenizer
+    card = read_model_card(str(tiny_roberta))  # as the engine sends it to the front end
+    tokenizer = WindowTokenizer(card.tokenizer_json, card.max_tokens)
     whole = Tokenizer.from_str(AutoTokenizer.from_pretrained(tiny_roberta).backend_tokenizer.to_str())
     whole.no_padding()
     texts = [

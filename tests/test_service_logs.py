@@ -20,9 +20,11 @@ import asyncio, logging, sys, warnings
 from reward_service.logs import configure_logging
 from reward_service.request_context import RequestContext
 
-configure_logging("info", sys.argv[1])
+# Imported first, as in an engine process (a front end never imports transformers).
 from huggingface_hub.utils import logging as hub_logging
 from transformers.utils import logging as transformers_logging
+
+configure_logging("info", sys.argv[1])
 
 logging.getLogger("uvicorn.error").info("uvicorn line")
 hub_logging.get_logger("huggingface_hub.file_download").warning("hub line")

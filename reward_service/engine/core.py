@@ -30,6 +30,7 @@ from reward_service.allocator import release_freed_memory
 from reward_service.engine import protocol
 from reward_service.engine.admission import Admission, Queued
 from reward_service.engine.metrics import EngineMetrics
+from reward_service.engine.model_card import read_model_card
 from reward_service.engine.model_runner import (
     LaunchedBatch,
     ModelRunner,
@@ -67,6 +68,7 @@ class EngineCore:
         self._error: str | None = None
         self._device: str | None = None
         self._dtype: str | None = None
+        self._card: protocol.ModelCard | None = None
         self._stopping = False
         self._ran_since_trim = False
         self._parent = os.getppid()
@@ -151,6 +153,7 @@ class EngineCore:
             device = resolve_device(self.config.device)
             dtype = resolve_dtype(self.config.dtype, device)
             model = load_classifier(self.config.model_path, device, dtype)
+            self._card = read_model_card(self.config.model_path, model.config)
             pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
             self._runner = ModelRunner(
                 model, device, pad, self.config.max_batch_tokens, self.metrics.oom_splits.inc
@@ -212,7 +215,13 @@ class EngineCore:
     def _handle(self, client: bytes, message: protocol.ToEngine) -> None:
         if isinstance(message, protocol.StatusQuery):
             status = protocol.EngineStatus(
-                message.request_id, self._state, os.getpid(), self._device, self._dtype, self._error
+                message.request_id,
+                self._state,
+                os.getpid(),
+                self._device,
+                self._dtype,
+                self._error,
+                self._card,
             )
             self._send(client, status)
         elif isinstance(message, protocol.CancelItems):

@@ -9,6 +9,7 @@ pools attach to the sockets it put in `settings.engine_addresses`. Scorers get t
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import anyio
 import zmq.asyncio
 
 from reward_service.engine.client import EngineClient
-from reward_service.engine.protocol import EngineConfig, EngineStatus
+from reward_service.engine.protocol import EngineConfig, EngineStatus, ModelCard
 from reward_service.engine.supervisor import EngineSupervisor
 from reward_service.errors import NotReady
 from reward_service.metrics import ServiceMetrics
@@ -27,6 +28,9 @@ from reward_service.settings import ServiceSettings
 ENGINE_MODELS: dict[str, Callable[[ServiceSettings], str]] = {
     "roberta-hate": lambda settings: settings.roberta_model,
 }
+
+# How often a scorer waiting for its model's card looks at its engines' statuses (seconds).
+CARD_POLL_S = 0.05
 
 
 def engine_scorers(settings: ServiceSettings) -> list[str]:
@@ -105,6 +109,25 @@ class EngineGroup:
     @property
     def statuses(self) -> list[EngineStatus]:
         return [client.status for client in self.clients if client.status is not None]
+
+    @property
+    def failed(self) -> bool:
+        """Every engine has reported that it could not load its model."""
+        statuses = self.statuses
+        return len(statuses) == len(self.clients) > 0 and all(s.state == "failed" for s in statuses)
+
+    def first_error(self) -> str | None:
+        return next((s.error for s in self.statuses if s.state == "failed" and s.error), None)
+
+    async def model_card(self) -> ModelCard | None:
+        """The card of the model, from the first engine to load it; None once every engine failed
+        (or if there is none)."""
+        while self.clients and not self.failed:
+            card = next((s.card for s in self.statuses if s.card is not None), None)
+            if card is not None:
+                return card
+            await asyncio.sleep(CARD_POLL_S)
+        return None
 
     def pick(self, not_ready_detail: Callable[[], str]) -> EngineClient:
         """The ready engine with the fewest items outstanding from this front end.

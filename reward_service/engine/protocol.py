@@ -76,13 +76,25 @@ class EngineFailure(msgspec.Struct, tag=True, frozen=True):
 EngineState = Literal["loading", "ready", "failed"]
 
 
+class ModelCard(msgspec.Struct, frozen=True):
+    """The engine's model as a front end tokenizes for it: its labels in id order, its window in
+    tokens, and its fast tokenizer (the `tokenizers` library's JSON)."""
+
+    labels: list[str]
+    max_tokens: int
+    tokenizer_json: str
+
+
 class EngineStatus(msgspec.Struct, tag=True, frozen=True):
+    """`card`: the model's card, once it has loaded (state "ready")."""
+
     request_id: int
     state: EngineState
     pid: int
     device: str | None = None
     dtype: str | None = None
     error: str | None = None
+    card: ModelCard | None = None
 
 
 class EngineConfig(msgspec.Struct, frozen=True):

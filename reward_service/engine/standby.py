@@ -45,8 +45,13 @@ def wait_for_config(model_path: str) -> EngineConfig | None:
     them first), then block until the supervisor sends a configuration (None: it
     closed stdin without one)."""
     preload_architecture(model_path)
-    sys.stdout.buffer.write(PRELOADED)
-    sys.stdout.buffer.flush()
+    try:
+        sys.stdout.buffer.write(PRELOADED)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        # The supervisor stopped (the service shut down) before the standby was ready: not needed.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return None
     line = sys.stdin.readline()
     if not line.strip():
         return None

@@ -2,8 +2,9 @@
 
 Data path: texts -> token ids (`WindowTokenizer`, on a thread of this front-end process) -> packed
 ids -> the scorer's `EngineGroup` (an engine process: batching, model on the device) -> logits per
-item -> scores. The front end never loads the weights: `load_classifier_card` reads the model's
-config for the labels and window, and its tokenizer. The engines belong to the `EnginePool`.
+item -> scores. The front end never loads the model: its labels, window and tokenizer come from the
+first engine to load it (`ModelCard`), so this process needs neither PyTorch nor transformers. The
+engines belong to the `EnginePool`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import anyio
-from transformers import AutoConfig, AutoTokenizer
 
 from reward_service.activation import softmax
 from reward_service.engine.admission import PendingWork
 from reward_service.engine.client import EngineClient
 from reward_service.engine.pool import EngineGroup
-from reward_service.engine.protocol import pack_token_ids
+from reward_service.engine.protocol import ModelCard, pack_token_ids
 from reward_service.errors import InputTooLong, NotReady, Overloaded
 from reward_service.metrics import ServiceMetrics
 from reward_service.model_source import check_model_source
@@ -48,24 +48,12 @@ class ClassifierCard:
     tokenizer: WindowTokenizer
 
 
-def load_classifier_card(model_path: str) -> ClassifierCard:
-    """The config and tokenizer of the classifier at `model_path` (no weights); raises if unusable."""
-    check_model_source(model_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    config = AutoConfig.from_pretrained(model_path)
-    id2label = {int(i): str(label) for i, label in config.id2label.items()}
-    reward_index = next((i for i, label in id2label.items() if label.lower() == REWARD_LABEL), None)
+def classifier_card(model: ModelCard, model_path: str) -> ClassifierCard:
+    """The classifier's card from its engine's `ModelCard`; raises if it has no reward label."""
+    reward_index = next((i for i, label in enumerate(model.labels) if label.lower() == REWARD_LABEL), None)
     if reward_index is None:
-        raise ValueError(
-            f"model {model_path} has no '{REWARD_LABEL}' label (labels: {sorted(id2label.values())})"
-        )
-    # RoBERTa's position table has two slots reserved for the padding offset.
-    window = config.max_position_embeddings
-    if config.model_type in {"roberta", "xlm-roberta"}:
-        window -= 2
-    max_tokens = min(window, tokenizer.model_max_length)
-    labels = [id2label[i] for i in sorted(id2label)]
-    return ClassifierCard(labels, reward_index, WindowTokenizer(tokenizer, max_tokens, model_path))
+        raise ValueError(f"model {model_path} has no '{REWARD_LABEL}' label (labels: {sorted(model.labels)})")
+    return ClassifierCard(model.labels, reward_index, WindowTokenizer(model.tokenizer_json, model.max_tokens))
 
 
 def _seconds_left(deadline: float) -> float | None:
@@ -96,7 +84,13 @@ class RobertaScorer(Scorer):
 
     async def start(self) -> None:
         try:
-            self._card = await anyio.to_thread.run_sync(load_classifier_card, self.model_path)
+            check_model_source(self.model_path)  # a missing directory fails here, not in each engine
+            model = await self._engines.model_card()
+            if model is None:
+                self._error = self._engines.first_error() or f"no engine could load {self.model_path}"
+                self._state = "failed"
+                return
+            self._card = await anyio.to_thread.run_sync(classifier_card, model, self.model_path)
         except Exception as exc:  # noqa: BLE001 - reported by /readyz and /scorers
             log.exception("could not load scorer %s from %s", self.name, self.model_path)
             self._error = f"failed to load {self.model_path}: {type(exc).__name__}: {exc}"
@@ -123,9 +117,8 @@ class RobertaScorer(Scorer):
         statuses = self._engines.statuses
         state, error = self._state, self._error
         if state == "ready" and not self.ready:
-            failed = [s.error for s in statuses if s.state == "failed"]
-            all_failed = bool(failed) and len(failed) == len(self._engines.clients)
-            state, error = ("failed", failed[0]) if all_failed else ("loading", None)
+            failed = self._engines.failed
+            state, error = ("failed", self._engines.first_error()) if failed else ("loading", None)
         first = next((s for s in statuses if s.device), None)
         return ScorerInfo(
             name=self.name,

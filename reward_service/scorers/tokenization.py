@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
-from transformers import PreTrainedTokenizerBase
 
 from reward_service.engine.admission import MovingRate
 from shared.schemas import TruncationSide
@@ -34,19 +33,18 @@ class Tokenized:
 
 
 class WindowTokenizer:
-    """A fast tokenizer set up once per truncation side, cutting to `max_tokens`."""
+    """A fast tokenizer (the `tokenizers` library's JSON) set up once per truncation side, cutting
+    to `max_tokens`."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_tokens: int, source: str) -> None:
-        if not tokenizer.is_fast:
-            raise ValueError(f"{source} has no fast tokenizer (tokenizer.json); one is required")
+    def __init__(self, tokenizer_json: str, max_tokens: int) -> None:
         self.max_tokens = max_tokens
         # One backend per truncation side, each configured once: the backend's truncation setting is
         # shared state, and tokenization runs on several threads at once.
-        self._backends = {side: self._backend(tokenizer, side) for side in ("left", "right")}
+        self._backends = {side: self._backend(tokenizer_json, side) for side in ("left", "right")}
         self.rate = MovingRate(min_tokens=MEASURED_TOKENIZE_TOKENS)
 
-    def _backend(self, tokenizer: PreTrainedTokenizerBase, side: str) -> Tokenizer:
-        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    def _backend(self, tokenizer_json: str, side: str) -> Tokenizer:
+        backend = Tokenizer.from_str(tokenizer_json)
         backend.no_padding()
         backend.enable_truncation(self.max_tokens, direction=side)
         return backend
