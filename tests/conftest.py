@@ -13,6 +13,23 @@ from harness.tiny_stand_ins import tiny_roberta_classifier
 from reward_service.app import create_app
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest modules first: those with end-to-end runs (`slow`), then by their number of tests.
+
+    `make test` hands whole modules to two workers in this order (`--dist loadfile
+    --no-loadscope-reorder`); pytest-xdist's own order (by number of tests alone) started the
+    trainer modules, a few tests of 15-60 s each, last, so one worker ran them while the other
+    had nothing left. Tests keep their order within a module."""
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def longest_first(tests: list[pytest.Item]) -> tuple[bool, int]:
+        return (not any(test.get_closest_marker("slow") for test in tests), -len(tests))
+
+    items[:] = [item for tests in sorted(modules.values(), key=longest_first) for item in tests]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_standby_engines() -> Iterator[None]:
     """No standby engine in the services the suite starts (dozens, each would import PyTorch once

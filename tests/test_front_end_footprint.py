@@ -1,6 +1,6 @@
 """A front-end process serves without PyTorch or transformers: the engine sends it the model's
 labels, window and tokenizer (`ModelCard`), so each `--workers` process is a few seconds and
-about 180 MB lighter than one that loads them itself."""
+about 200 MB lighter than one that loads them itself (docs/benchmarks.md)."""
 
 from __future__ import annotations
 

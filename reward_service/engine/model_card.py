@@ -1,7 +1,7 @@
 """What a front end needs of an engine's model to tokenize for it: read once in the engine.
 
 The engine has transformers loaded anyway; reading the tokenizer and config there lets a front-end
-process run on the `tokenizers` backend alone (no PyTorch, no transformers: about 3 s and 180 MB
+process run on the `tokenizers` backend alone (no PyTorch, no transformers: about 3 s and 200 MB
 less per `--workers` process). The front end gets the card with the engine's ready status.
 """
 
