@@ -12,6 +12,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -236,9 +238,6 @@ def test_a_standby_engine_replaces_a_dead_one_and_a_new_standby_follows(tiny_rob
 def test_a_standby_no_longer_needed_before_it_is_ready_exits_0_without_a_traceback(
     tiny_roberta: Path,
 ) -> None:
-    import subprocess
-    import sys
-
     # As when the service stops while its standby is still importing: nobody reads its stdout.
     standby = subprocess.Popen(
         [sys.executable, "-m", "reward_service.engine", "--standby", str(tiny_roberta)],
@@ -418,6 +417,9 @@ def test_scores_through_the_engine_do_not_depend_on_batch_mates(tiny_roberta: Pa
     assert together == pytest.approx([a[0] for a in alone], abs=1e-5)
 
 
+TEXTS = ["Have a lovely day.", "You are kind.", "Thanks for the help!", "What a nice dog."]
+
+
 def test_a_full_batch_runs_at_once_however_long_the_batching_window(tiny_roberta: Path) -> None:
     """REWARD_MAX_WAIT_MS lets an idle engine wait for more items; once a whole batch of
     REWARD_MAX_BATCH_ITEMS is waiting, nothing more can join it, so it runs without waiting."""
@@ -444,9 +446,6 @@ def test_a_full_batch_runs_at_once_however_long_the_batching_window(tiny_roberta
 
     whole, halves = asyncio.run(main())
     assert halves[0] + halves[1] == pytest.approx(whole, abs=1e-5)
-
-
-TEXTS = ["Have a lovely day.", "You are kind.", "Thanks for the help!", "What a nice dog."]
 
 
 def test_several_front_end_workers_feed_one_engine_and_metrics_add_up(
