@@ -109,6 +109,24 @@ def test_runner_pads_by_length_and_matches_one_at_a_time_scoring(tiny_roberta: P
         assert row == pytest.approx(direct.logits_of_ids(item), abs=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_the_padding_mask_matches_one_at_a_time_scoring_for_each_attention(
+    tiny_roberta: Path, attention: str
+) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_roberta, attn_implementation=attention)
+    assert model.config._attn_implementation == attention
+    direct = DirectScorer(tiny_roberta)
+    # Lengths from 3 to about 120 tokens: most rows of the batch are mostly padding.
+    texts = ["Hi", "You are terrible and i hate you.", "Have a lovely day, friend. " * 20, "ok then"]
+    ids = [np.array(direct.tokenizer(t)["input_ids"], dtype=np.int32) for t in texts]
+    runner = ModelRunner(model.eval(), torch.device("cpu"), model.config.pad_token_id, 4096)
+    logits = runner.collect(runner.launch(ids))
+    for row, item in zip(logits.tolist(), ids, strict=True):
+        assert row == pytest.approx(direct.logits_of_ids(item.tolist()), abs=1e-5)
+
+
 def test_out_of_memory_splits_the_batch_and_still_gives_every_score(tiny_roberta: Path) -> None:
     real = load_classifier(str(tiny_roberta), torch.device("cpu"), torch.float32)
 
