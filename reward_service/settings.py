@@ -96,6 +96,14 @@ class ServiceSettings(BaseSettings):
         default=16_384, ge=1, description="Token budget of one model batch (padded length x items)."
     )
     max_batch_items: int = Field(default=256, ge=1, description="Most items in one model batch.")
+    max_batch_padding_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description="Padding tokens (padded size - real tokens) one batch may carry before the "
+        "longer items waiting go into another batch. Unset: 512 on a CPU, where padding costs as much "
+        "as real tokens and another batch little; no limit on a GPU, where each batch costs its "
+        "kernel launches.",
+    )
     max_wait_ms: float = Field(
         default=0.0,
         ge=0,

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import msgspec
 import numpy as np
 import pytest
 import torch
@@ -31,8 +32,10 @@ from harness.live_server import serving
 from harness.reference_scoring import DirectScorer
 from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
+from reward_service.engine.core import CPU_BATCH_PADDING_TOKENS, batch_padding_limit
 from reward_service.engine.model_card import read_model_card
 from reward_service.engine.model_runner import ModelRunner, load_classifier
+from reward_service.engine.protocol import EngineConfig
 from reward_service.engine.scheduler import FairScheduler, QueuedRequest
 from reward_service.metrics import ServiceMetrics
 from reward_service.scorers import Scorer, build_registry
@@ -73,6 +76,29 @@ def test_batches_fit_the_token_budget_and_are_sorted_by_length() -> None:
     for batch in batches:
         assert max(i.length for i in batch) * len(batch) <= 40 or len(batch) == 1
         assert [i.length for i in batch] == sorted(i.length for i in batch)
+
+
+def test_a_padding_limit_puts_longer_items_in_another_batch() -> None:
+    scheduler = FairScheduler(
+        max_batch_tokens=10_000, max_batch_items=64, queue_capacity=100, max_batch_padding=20
+    )
+    lengths = [100, 3, 5, 98, 4, 60, 99, 6, 61]
+    scheduler.add(queued(1, lengths))
+    batches = scheduler.next_window()
+    assert [[i.length for i in batch] for batch in batches] == [[3, 4, 5, 6], [60, 61], [98, 99, 100]]
+    # Without a limit the same window is one batch (its padded size fits the token budget).
+    unlimited = FairScheduler(max_batch_tokens=10_000, max_batch_items=64, queue_capacity=100)
+    unlimited.add(queued(1, lengths))
+    assert [len(batch) for batch in unlimited.next_window()] == [len(lengths)]
+
+
+def test_the_padding_limit_is_the_setting_else_by_device() -> None:
+    config = EngineConfig("roberta-hate", "ipc:///x", "m", "cpu", "auto", 16_384, 256, 0.0, 1024)
+    assert batch_padding_limit(config, torch.device("cpu")) == CPU_BATCH_PADDING_TOKENS
+    assert batch_padding_limit(config, torch.device("cuda")) is None
+    tuned = msgspec.structs.replace(config, max_batch_padding_tokens=0)
+    assert batch_padding_limit(tuned, torch.device("cuda")) == 0
+    assert service_settings(Path("m"), max_batch_padding_tokens=64).max_batch_padding_tokens == 64
 
 
 def test_the_item_cap_limits_a_batch_when_the_token_budget_would_allow_more() -> None:

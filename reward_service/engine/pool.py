@@ -49,6 +49,7 @@ def engine_configs(name: str, settings: ServiceSettings) -> list[EngineConfig]:
             dtype=settings.dtype,
             max_batch_tokens=settings.max_batch_tokens,
             max_batch_items=settings.max_batch_items,
+            max_batch_padding_tokens=settings.max_batch_padding_tokens,
             max_wait_ms=settings.max_wait_ms,
             queue_capacity=settings.queue_capacity,
             log_level=settings.log_level,

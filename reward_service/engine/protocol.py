@@ -109,6 +109,7 @@ class EngineConfig(msgspec.Struct, frozen=True):
     max_batch_items: int
     max_wait_ms: float
     queue_capacity: int
+    max_batch_padding_tokens: int | None = None
     # The service's log settings, so that engine lines look like the front end's.
     log_level: str = "info"
     log_format: str = "text"

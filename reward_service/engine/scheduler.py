@@ -4,8 +4,10 @@ Items wait in one queue per request. A scheduling window is filled round-robin a
 requests (one item from each in turn), so a 1,024-item request from one trainer cannot hold a
 16-item request from another behind all of its batches: every waiting request has items in every
 window. The window is then sorted by length (similar lengths share a batch: little padding) and cut
-into batches whose padded size (longest item x items) fits the token budget. Pure Python and
-numpy: the engine loop owns it and calls it between batches.
+into batches whose padded size (longest item x items) fits the token budget and, where a limit is
+set, whose padding (padded size - real tokens) stays under it: on a CPU, padding costs as much as
+real tokens while another batch costs little. Pure Python and numpy: the engine loop owns it and
+calls it between batches.
 """
 
 from __future__ import annotations
@@ -64,10 +66,17 @@ class BatchItem:
 
 
 class FairScheduler:
-    def __init__(self, max_batch_tokens: int, max_batch_items: int, queue_capacity: int) -> None:
+    def __init__(
+        self,
+        max_batch_tokens: int,
+        max_batch_items: int,
+        queue_capacity: int,
+        max_batch_padding: int | None = None,
+    ) -> None:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_items = max_batch_items
         self.queue_capacity = queue_capacity
+        self.max_batch_padding = max_batch_padding
         # Requests with items not yet in a window, in round-robin order.
         self._waiting: dict[tuple[bytes, int], QueuedRequest] = {}
         self.waiting_items = 0
@@ -124,13 +133,20 @@ class FairScheduler:
     def _cut(self, window: list[BatchItem]) -> list[list[BatchItem]]:
         batches: list[list[BatchItem]] = []
         current: list[BatchItem] = []
+        real = 0
+        padding_limit = self.max_batch_padding
         for item in sorted(window, key=lambda i: i.length):
             # Sorted ascending, so this item is the longest: the padded size is its length x count.
             padded = item.length * (len(current) + 1)
-            if current and (padded > self.max_batch_tokens or len(current) >= self.max_batch_items):
+            if current and (
+                padded > self.max_batch_tokens
+                or len(current) >= self.max_batch_items
+                or (padding_limit is not None and padded - real - item.length > padding_limit)
+            ):
                 batches.append(current)
-                current = []
+                current, real = [], 0
             current.append(item)
+            real += item.length
         if current:
             batches.append(current)
         return batches
