@@ -4,6 +4,7 @@ protocol's error shape, and the service stays live while such bodies arrive."""
 from __future__ import annotations
 
 import asyncio
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -55,6 +56,25 @@ def test_a_valid_body_is_decoded_for_fastapi_as_json_loads_would() -> None:
         "return_labels": True,
         "truncation_side": "left",
     }
+
+
+def test_a_body_that_arrives_in_pieces_is_decoded_whole_and_kept_for_fastapi() -> None:
+    # Pieces of 3 bytes cut through the multi-byte characters and the escapes.
+    body = '{"texts": ["café ☕", "\\ud83d\\ude00 ok", "x"], "return_labels": true}'.encode()
+    request = request_with(body, chunk_bytes=3)
+    asyncio.run(decode_body(request, key_guard(ScoreRequest)))
+    assert asyncio.run(request.json()) == json.loads(body)
+    assert asyncio.run(request.body()) == body  # what FastAPI's own parsing reads
+
+
+def test_bad_json_in_pieces_is_left_for_fastapi_to_word() -> None:
+    body = b'{"texts": ["a", "b"], "return_labels": tru}'
+    request = request_with(body, chunk_bytes=5)
+    asyncio.run(decode_body(request, key_guard(ScoreRequest)))
+    assert asyncio.run(request.body()) == body
+    with pytest.raises(json.JSONDecodeError) as caught:  # FastAPI's 422 json_invalid, at this position
+        asyncio.run(request.json())
+    assert caught.value.pos == body.index(b"tru")
 
 
 @pytest.mark.parametrize(
