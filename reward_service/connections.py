@@ -150,6 +150,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     _body_timer: asyncio.TimerHandle | None = None
     _header_bytes = 0
     _reading_headers = False
+    # The parser has reached the end of the last request (its body included): what comes next is
+    # the next request. A request answered before its body was read has not.
+    _between_requests = False
     _refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -197,7 +200,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if not self._reading_headers and (self.cycle is None or self.cycle.response_complete):
+        if (
+            not self._reading_headers
+            and self._between_requests
+            and (self.cycle is None or self.cycle.response_complete)
+        ):
             self._await_headers()  # the next request on a kept-alive connection
         super().data_received(data)
         if self._reading_headers and not self.transport.is_closing():
@@ -211,11 +218,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 )
 
     def on_headers_complete(self) -> None:
+        self._between_requests = False
         self._stop_awaiting_headers()
         self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._between_requests = True
         self._stop_awaiting_body()
         super().on_message_complete()
 

@@ -4,6 +4,7 @@ stays reachable meanwhile."""
 
 from __future__ import annotations
 
+import re
 import resource
 import socket
 import threading
@@ -113,6 +114,26 @@ def test_a_header_over_the_limit_gets_431_without_being_read_in_full(service: tu
         # The rest of a 64 MB header never has to be sent: the answer comes first.
         assert answer_of(sock).startswith(b"HTTP/1.1 431 Request Header Fields Too Large")
     assert healthz_status(port) == b"HTTP/1.1 200 OK"
+
+
+def test_the_rest_of_a_body_answered_early_is_not_taken_for_headers(service: tuple[int, Path]) -> None:
+    """A request answered before its body is read (refused from its headers, or a route that reads
+    no body): the body bytes that follow are that request's, not the next one's headers."""
+    port, _ = service
+    body = b"a" * 100_000  # over REWARD_MAX_HEADER_BYTES (8192)
+    with connect(port) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body))
+        time.sleep(0.2)  # the answer is sent before any of the body
+        try:
+            for start in range(0, len(body), 10_000):
+                sock.sendall(body[start : start + 10_000])
+                time.sleep(0.01)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        except BrokenPipeError:
+            pass  # closed by the server: what it sent before is read below
+        answers = answer_of(sock)
+    # Both answers on the one connection (the second follows the first's body directly).
+    assert re.findall(rb"HTTP/1\.1 \d+", answers) == [b"HTTP/1.1 200"] * 2, answers[:400]
 
 
 def test_a_body_that_stops_arriving_gets_408_and_nothing_is_scored(service: tuple[int, Path]) -> None:
