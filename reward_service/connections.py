@@ -200,11 +200,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if (
-            not self._reading_headers
-            and self._between_requests
-            and (self.cycle is None or self.cycle.response_complete)
-        ):
+        # A finished request has a cycle; the first one's headers are awaited from connection_made.
+        if not self._reading_headers and self._between_requests and self.cycle.response_complete:
             self._await_headers()  # the next request on a kept-alive connection
         super().data_received(data)
         if self._reading_headers and not self.transport.is_closing():

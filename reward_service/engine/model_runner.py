@@ -74,6 +74,9 @@ class ModelRunner:
         # k+1 is padded into the other.
         self._host_ids = [torch.empty(max_batch_tokens, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         self._turn = 0
+        # Which padding mask the model's attention takes (`_attention_mask`), fixed at load.
+        self._attention = getattr(model.config, "_attn_implementation", None)
+        self._scores_dtype = next(model.parameters()).dtype if self._attention == "eager" else None
 
     @torch.inference_mode()
     def launch(self, sequences: list[np.ndarray]) -> LaunchedBatch:
@@ -134,11 +137,10 @@ class ModelRunner:
         tiny stand-in: 20 ms against 15 ms). A mask already in 4D is used as it is, and attention
         broadcasts (batch, 1, 1, width) over the query positions: the same logits, bit for bit.
         """
-        implementation = getattr(self.model.config, "_attn_implementation", None)
-        if implementation == "sdpa":
+        if self._attention == "sdpa":
             return keep[:, None, None, :]
-        if implementation == "eager":  # adds the mask to the attention scores
-            dtype = next(self.model.parameters()).dtype
-            additive = torch.zeros(keep.shape, dtype=dtype, device=keep.device)
-            return additive.masked_fill_(~keep, torch.finfo(dtype).min)[:, None, None, :]
+        if self._attention == "eager":  # adds the mask to the attention scores
+            assert self._scores_dtype is not None
+            additive = torch.zeros(keep.shape, dtype=self._scores_dtype, device=keep.device)
+            return additive.masked_fill_(~keep, torch.finfo(self._scores_dtype).min)[:, None, None, :]
         return keep.long()  # flash-attention and others take the 2D mask only
