@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from bench.stand_ins import STEADY_STATE_ENV, build_classifier, natural_texts
+from bench.stand_ins import STEADY_STATE_ENV, add_classifier_arguments, build_classifier, natural_texts
 from demo.run import running_service
 
 
@@ -124,9 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", help="classifier dir or hub id (default: build --stand-in locally)")
-    parser.add_argument("--stand-in", default="deep-narrow", choices=["tiny", "deep-narrow", "roberta-base"])
-    parser.add_argument("--device", default="cpu")
+    add_classifier_arguments(parser, stand_in="deep-narrow")
     parser.add_argument(
         "--texts", type=int, default=2048, help="texts per scenario (and for the raw ceiling)"
     )

@@ -13,6 +13,7 @@ architecture and labels with random weights, in three sizes:
 
 from __future__ import annotations
 
+import argparse
 import ast
 import os
 import random
@@ -65,6 +66,16 @@ def natural_texts(
         ids = tokenizer(" ".join(words[start : start + 2 * target]), add_special_tokens=False)["input_ids"]
         texts.append(tokenizer.decode(ids[: target - 2]))
     return texts
+
+
+STAND_IN_KINDS = ("tiny", "deep-narrow", "roberta-base")
+
+
+def add_classifier_arguments(parser: argparse.ArgumentParser, stand_in: str) -> None:
+    """--model, --stand-in (default `stand_in`) and --device, as every classifier benchmark takes them."""
+    parser.add_argument("--model", help="classifier dir or hub id (default: build --stand-in locally)")
+    parser.add_argument("--stand-in", default=stand_in, choices=STAND_IN_KINDS)
+    parser.add_argument("--device", default="cpu")
 
 
 def build_classifier(kind: str, out: Path | None = None) -> Path:

@@ -1,0 +1,124 @@
+"""The engine's own time for a lone request: the forward of one request's items, cut into batches
+the way the engine cuts them, with no HTTP, tokenization or sockets.
+
+Each request's pairs are tokenized up front; the engine's `FairScheduler` cuts it into batches
+(under a padding limit, as `REWARD_MAX_BATCH_PADDING_TOKENS` sets) and the engine's `ModelRunner`
+runs them, for every combination of intra-op threads and padding limit asked for. This is the floor
+under a lone request's latency through the service (`bench_service`'s `1xN`), and the share of it
+that attention takes (`torch.profiler`) says whether a front-end change could reach a target:
+
+    python -m bench.bench_forward --stand-in tiny --threads 1,2 --padding 512,none
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+from transformers import AutoTokenizer
+
+from bench.bench_service import _pairs
+from bench.stand_ins import add_classifier_arguments, build_classifier, natural_texts
+from reward_service.engine.model_runner import ModelRunner, load_classifier
+from reward_service.engine.protocol import TOKEN_DTYPE
+from reward_service.engine.scheduler import FairScheduler, QueuedRequest
+
+WARM_UP_REQUESTS = 10
+# Large enough that one request's items are always one window (the engine's defaults are larger).
+MAX_BATCH_TOKENS = 16_384
+MAX_BATCH_ITEMS = 256
+
+
+def tokenized_requests(model: str, requests: int, pairs: int) -> list[list[np.ndarray]]:
+    """`requests` requests of `pairs` query + response token ids, the texts `bench_service` sends."""
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    texts = natural_texts(tokenizer, requests * pairs)
+    out = []
+    for start in range(0, len(texts), pairs):
+        body = _pairs(texts[start : start + pairs])
+        joined = [q + r for q, r in zip(body["queries"], body["responses"], strict=True)]
+        encoded = tokenizer(joined, truncation=True, max_length=512)["input_ids"]
+        out.append([np.asarray(ids, dtype=TOKEN_DTYPE) for ids in encoded])
+    return out
+
+
+def cut(request: list[np.ndarray], padding_limit: int | None) -> list[list[np.ndarray]]:
+    """The batches the engine runs for this request alone."""
+    scheduler = FairScheduler(MAX_BATCH_TOKENS, MAX_BATCH_ITEMS, 1 << 30, padding_limit)
+    queued = QueuedRequest(b"bench", 0, np.concatenate(request), [len(ids) for ids in request])
+    scheduler.add(queued)
+    return [[item.request.ids(item.index) for item in batch] for batch in scheduler.next_window()]
+
+
+def lone_forward_ms(
+    runner: ModelRunner, requests: list[list[np.ndarray]], padding_limit: int | None
+) -> list[float]:
+    """Milliseconds per request, scheduling included, after a warm-up."""
+    times = []
+    for number, request in enumerate(requests):
+        started = time.perf_counter()
+        for batch in cut(request, padding_limit):
+            runner.collect(runner.launch(batch))
+        if number >= WARM_UP_REQUESTS:
+            times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def attention_share(
+    runner: ModelRunner, requests: list[list[np.ndarray]], padding_limit: int | None
+) -> float:
+    """The share of the forward's CPU time spent in scaled-dot-product attention."""
+    with profile(activities=[ProfilerActivity.CPU]) as profiled:
+        for request in requests:
+            for batch in cut(request, padding_limit):
+                runner.collect(runner.launch(batch))
+    events = profiled.key_averages()
+    total = sum(event.self_cpu_time_total for event in events)
+    attention = sum(event.self_cpu_time_total for event in events if "scaled_dot_product" in event.key)
+    return attention / total if total else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_classifier_arguments(parser, stand_in="tiny")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--pairs", type=int, default=16, help="query/response pairs per request")
+    parser.add_argument("--threads", default="1,2", help="comma-separated torch intra-op thread counts")
+    parser.add_argument(
+        "--padding", default="512,none", help="comma-separated padding limits ('none': no limit)"
+    )
+    args = parser.parse_args()
+    if args.requests <= WARM_UP_REQUESTS:
+        parser.error(f"--requests must be more than the {WARM_UP_REQUESTS} warm-up requests")
+
+    model = args.model or str(build_classifier(args.stand_in))
+    device = torch.device(args.device)
+    requests = tokenized_requests(model, args.requests, args.pairs)
+    classifier = load_classifier(model, device, torch.float32 if device.type == "cpu" else torch.float16)
+    runner = ModelRunner(classifier, device, classifier.config.pad_token_id or 0, MAX_BATCH_TOKENS)
+    tokens = [len(ids) for request in requests for ids in request]
+    print(f"{len(requests)} requests of {args.pairs} pairs, {statistics.mean(tokens):.0f} tokens per pair")
+    print(f"{'threads':>7} {'padding':>8} {'batches':>8} {'p50 ms':>8} {'p90 ms':>8} {'attention':>10}")
+    torch.set_grad_enabled(False)
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        for limit_text in args.padding.split(","):
+            limit = None if limit_text == "none" else int(limit_text)
+            times = lone_forward_ms(runner, requests, limit)
+            batches = statistics.mean(len(cut(request, limit)) for request in requests)
+            share = attention_share(runner, requests[: WARM_UP_REQUESTS * 2], limit)
+            p90 = statistics.quantiles(times, n=10)[-1]
+            print(
+                f"{threads:>7} {limit_text:>8} {batches:>8.2f} {statistics.median(times):>8.2f}"
+                f" {p90:>8.2f} {share:>9.0%}"
+            )
+
+
+if __name__ == "__main__":
+    main()
