@@ -10,6 +10,7 @@ import asyncio
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -153,6 +154,37 @@ def test_the_padding_mask_matches_one_at_a_time_scoring_for_each_attention(
         assert row == pytest.approx(direct.logits_of_ids(item.tolist()), abs=1e-5)
 
 
+def _random_classifier(architecture: str, attention: str) -> torch.nn.Module:
+    """A 2-layer classifier of `architecture` with random weights, pad token id 1."""
+    import transformers
+
+    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    sizes["num_key_value_heads"] = 2  # read by the decoders only
+    config_class = getattr(transformers, f"{architecture}Config")
+    model_class = getattr(transformers, f"{architecture}ForSequenceClassification")
+    torch.manual_seed(0)
+    model = model_class(config_class(vocab_size=64, pad_token_id=1, num_labels=2, **sizes))
+    model.set_attn_implementation(attention)
+    return model.eval()
+
+
+# Decoder reward models (causal attention) and DeBERTa-v2 (attention code of its own) must get
+# the 2D mask: a (batch, 1, 1, width) one drops Llama's causal mask and gives DeBERTa-v2 NaN.
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("architecture", ["Llama", "Qwen2", "DebertaV2", "Bert"])
+def test_batched_scoring_matches_one_at_a_time_for_other_architectures(
+    architecture: str, attention: str
+) -> None:
+    model = _random_classifier(architecture, attention)
+    ids = [np.arange(5, 5 + length, dtype=np.int32) for length in (9, 3, 6)]
+    runner = ModelRunner(model, torch.device("cpu"), 1, 4096)
+    logits = runner.collect(runner.launch(ids))
+    with torch.inference_mode():
+        alone = [model(input_ids=torch.from_numpy(item).long()[None]).logits[0].tolist() for item in ids]
+    for row, expected in zip(logits.tolist(), alone, strict=True):
+        assert row == pytest.approx(expected, abs=1e-5)
+
+
 def test_out_of_memory_splits_the_batch_and_still_gives_every_score(tiny_roberta: Path) -> None:
     real = load_classifier(str(tiny_roberta), torch.device("cpu"), torch.float32)
 
@@ -206,6 +238,25 @@ def test_a_model_without_a_nothate_label_is_refused(tiny_roberta: Path, tmp_path
     info = asyncio.run(start()).info()
     assert info.state == "failed" and not info.ready
     assert "nothate" in (info.error or "") and "positive" in (info.error or "")
+
+
+def test_a_non_finite_logit_is_a_clear_error_and_never_a_score(tiny_roberta: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_roberta)
+    with torch.no_grad():  # what broken weights or an fp16 overflow give
+        model.classifier.out_proj.bias.copy_(torch.tensor([float("nan"), float("inf")]))
+    model.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_roberta).save_pretrained(tmp_path)
+    with serving(create_app(service_settings(tmp_path))) as server:
+        score = httpx.post(server.url + "/score", json={"texts": ["hello", "you"]}, timeout=30)
+        reward = httpx.post(server.url + "/get_reward", json={"query": ["hello"]}, timeout=30)
+        metrics = httpx.get(server.url + "/metrics").text
+    assert score.status_code == 500, score.text
+    # The first such input the engine met (its batches are sorted by length, not by index).
+    assert re.search(r"non-finite logits \[nan, inf\] for input [01];", score.json()["detail"])
+    assert reward.status_code == 500 and "non-finite" in reward.text
+    assert 'route="/score",scorer="roberta-hate",status="500"} 1.0' in metrics
 
 
 def test_cuda_device_without_cuda_is_a_clear_error(tiny_roberta: Path) -> None:

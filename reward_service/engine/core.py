@@ -320,10 +320,20 @@ class EngineCore:
             sum(item.length for item in in_flight.items), now - max(in_flight.started, self._last_completed)
         )
         self._last_completed = now
-        for item, row in zip(in_flight.items, logits, strict=True):
+        finite = np.isfinite(logits).all(axis=1)
+        for item, row, row_is_finite in zip(in_flight.items, logits, finite, strict=True):
             request = item.request
             request.remaining_tokens -= item.length
             if request.cancelled:
+                continue
+            if not row_is_finite:
+                # NaN or inf (an fp16 overflow, broken weights): no score can be made of it.
+                log.error("engine for %s: non-finite logits %s", self.config.scorer, row.tolist())
+                self._fail_request(
+                    request,
+                    f"the model gave non-finite logits {row.tolist()} for input {item.index}; "
+                    "no score is made up for it",
+                )
                 continue
             if request.logits is None:
                 request.logits = np.empty((len(request.lengths), logits.shape[1]), dtype=protocol.LOGIT_DTYPE)
@@ -345,13 +355,16 @@ class EngineCore:
         log.error("engine for %s failed on a batch of %d items", self.config.scorer, len(batch), exc_info=exc)
         message = f"the model failed on a batch: {type(exc).__name__}: {exc}"
         for request in {id(item.request): item.request for item in batch}.values():
-            if request.cancelled:
-                continue
-            request.cancelled = True
-            self.scheduler.cancel(request.key)
-            self._requests.pop(request.key, None)
-            self._send(request.client, EngineFailure(request.request_id, "model_error", message))
+            if not request.cancelled:
+                self._fail_request(request, message)
         self._exit_unless_model_answers()
+
+    def _fail_request(self, request: QueuedRequest, message: str) -> None:
+        """Answer `request` with the model's failure; its items still queued or batched are dropped."""
+        request.cancelled = True
+        self.scheduler.cancel(request.key)
+        self._requests.pop(request.key, None)
+        self._send(request.client, EngineFailure(request.request_id, "model_error", message))
 
     def _exit_unless_model_answers(self) -> None:
         """After a failed batch, a one-token probe tells a bad input from a broken model or device.

@@ -42,6 +42,23 @@ def load_classifier(model_path: str, device: torch.device, dtype: torch.dtype) -
     return model.to(device).eval()
 
 
+def broadcast_mask_attention(model: torch.nn.Module) -> str | None:
+    """'sdpa' or 'eager' where the model's attention takes a (batch, 1, 1, width) padding mask as it
+    is (`ModelRunner._attention_mask`); None where it must be given the 2D mask.
+
+    Only a bidirectional encoder that runs transformers' attention functions does. A causal model (a
+    Llama, Qwen or GPT-2 reward model) would lose its causal mask to a 4D one, and a model with
+    attention code of its own (DeBERTa-v2) reads a 4D mask its own way: both give wrong logits
+    (NaN for DeBERTa-v2) where the 2D mask gives the right ones.
+    """
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if implementation not in ("sdpa", "eager") or not getattr(model, "_supports_attention_backend", False):
+        return None
+    if any(getattr(module, "is_causal", False) for module in model.modules()):
+        return None
+    return implementation
+
+
 @dataclass
 class LaunchedBatch:
     """A batch whose forward has been queued on the device."""
@@ -75,7 +92,7 @@ class ModelRunner:
         self._host_ids = [torch.empty(max_batch_tokens, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         self._turn = 0
         # Which padding mask the model's attention takes (`_attention_mask`), fixed at load.
-        self._attention = getattr(model.config, "_attn_implementation", None)
+        self._attention = broadcast_mask_attention(model)
         self._scores_dtype = next(model.parameters()).dtype if self._attention == "eager" else None
 
     @torch.inference_mode()
@@ -143,4 +160,4 @@ class ModelRunner:
             assert self._scores_dtype is not None
             additive = torch.zeros(keep.shape, dtype=self._scores_dtype, device=keep.device)
             return additive.masked_fill_(~keep, torch.finfo(self._scores_dtype).min)[:, None, None, :]
-        return keep.long()  # flash-attention and others take the 2D mask only
+        return keep.long()  # causal models, flash-attention, attention of the model's own: the 2D mask
