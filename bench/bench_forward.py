@@ -3,11 +3,13 @@ the way the engine cuts them, with no HTTP, tokenization or sockets.
 
 Each request's pairs are tokenized up front; the engine's `FairScheduler` cuts it into batches
 (under a padding limit, as `REWARD_MAX_BATCH_PADDING_TOKENS` sets) and the engine's `ModelRunner`
-runs them, for every combination of intra-op threads and padding limit asked for. This is the floor
-under a lone request's latency through the service (`bench_service`'s `1xN`), and the share of it
-that attention takes (`torch.profiler`) says whether a front-end change could reach a target:
+runs them, for every combination of intra-op threads, padding limit and attention asked for
+(`padded`: SDPA over the padded batch; `per-item`: each item's own tokens, the CPU engine's).
+This is the floor under a lone request's latency through the service (`bench_service`'s `1xN`),
+and the share of it that attention takes (`torch.profiler`) says whether a front-end change could
+reach a target:
 
-    python -m bench.bench_forward --stand-in tiny --threads 1,2 --padding 512,none
+    python -m bench.bench_forward --stand-in tiny --threads 1,2 --padding 512,none --attention padded,per-item
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ WARM_UP_REQUESTS = 10
 # Large enough that one request's items are always one window (the engine's defaults are larger).
 MAX_BATCH_TOKENS = 16_384
 MAX_BATCH_ITEMS = 256
+# --attention: ModelRunner's per_item_attention for each.
+ATTENTIONS = {"padded": False, "per-item": True}
 
 
 def tokenized_requests(model: str, requests: int, pairs: int) -> list[list[np.ndarray]]:
@@ -93,31 +97,45 @@ def main() -> None:
     parser.add_argument(
         "--padding", default="512,none", help="comma-separated padding limits ('none': no limit)"
     )
+    parser.add_argument(
+        "--attention", default="padded,per-item", help=f"comma-separated, of {', '.join(ATTENTIONS)}"
+    )
     args = parser.parse_args()
+    if unknown := set(args.attention.split(",")) - set(ATTENTIONS):
+        parser.error(f"--attention: unknown {sorted(unknown)}; choose from {list(ATTENTIONS)}")
     if args.requests <= WARM_UP_REQUESTS:
         parser.error(f"--requests must be more than the {WARM_UP_REQUESTS} warm-up requests")
 
     model = args.model or str(build_classifier(args.stand_in))
     device = torch.device(args.device)
     requests = tokenized_requests(model, args.requests, args.pairs)
-    classifier = load_classifier(model, device, torch.float32 if device.type == "cpu" else torch.float16)
-    runner = ModelRunner(classifier, device, classifier.config.pad_token_id or 0, MAX_BATCH_TOKENS)
+    dtype = torch.float32 if device.type == "cpu" else torch.float16
+    runners = {}
+    for attention in args.attention.split(","):
+        classifier = load_classifier(model, device, dtype)  # one each: per-item attention changes it
+        pad = classifier.config.pad_token_id or 0
+        per_item = ATTENTIONS[attention]
+        runners[attention] = ModelRunner(
+            classifier, device, pad, MAX_BATCH_TOKENS, per_item_attention=per_item
+        )
     tokens = [len(ids) for request in requests for ids in request]
     print(f"{len(requests)} requests of {args.pairs} pairs, {statistics.mean(tokens):.0f} tokens per pair")
-    print(f"{'threads':>7} {'padding':>8} {'batches':>8} {'p50 ms':>8} {'p90 ms':>8} {'attention':>10}")
+    header = f"{'threads':>7} {'padding':>8} {'attention':>9} {'batches':>8} {'p50 ms':>8} {'p90 ms':>8}"
+    print(f"{header} {'in SDPA':>8}")
     torch.set_grad_enabled(False)
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         for limit_text in args.padding.split(","):
             limit = None if limit_text == "none" else int(limit_text)
-            times = lone_forward_ms(runner, requests, limit)
             batches = statistics.mean(len(cut(request, limit)) for request in requests)
-            share = attention_share(runner, requests[: WARM_UP_REQUESTS * 2], limit)
-            p90 = statistics.quantiles(times, n=10)[-1]
-            print(
-                f"{threads:>7} {limit_text:>8} {batches:>8.2f} {statistics.median(times):>8.2f}"
-                f" {p90:>8.2f} {share:>9.0%}"
-            )
+            for attention, runner in runners.items():
+                times = lone_forward_ms(runner, requests, limit)
+                share = attention_share(runner, requests[: WARM_UP_REQUESTS * 2], limit)
+                p90 = statistics.quantiles(times, n=10)[-1]
+                print(
+                    f"{threads:>7} {limit_text:>8} {attention:>9} {batches:>8.2f}"
+                    f" {statistics.median(times):>8.2f} {p90:>8.2f} {share:>7.0%}"
+                )
 
 
 if __name__ == "__main__":

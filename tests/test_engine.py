@@ -33,6 +33,7 @@ from harness.live_server import serving
 from harness.reference_scoring import DirectScorer
 from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
+from reward_service.engine import per_item_attention
 from reward_service.engine.core import CPU_BATCH_PADDING_TOKENS, batch_padding_limit
 from reward_service.engine.model_card import read_model_card
 from reward_service.engine.model_runner import ModelRunner, load_classifier
@@ -154,6 +155,25 @@ def test_the_padding_mask_matches_one_at_a_time_scoring_for_each_attention(
         assert row == pytest.approx(direct.logits_of_ids(item.tolist()), abs=1e-5)
 
 
+def test_a_cpu_encoder_runs_attention_per_item_with_the_padded_batchs_logits(tiny_roberta: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    direct = DirectScorer(tiny_roberta)
+    texts = ["Hi", "Have a lovely day, friend. " * 20, "You are terrible and i hate you.", "ok", "a b " * 40]
+    ids = [np.array(direct.tokenizer(t)["input_ids"], dtype=np.int32) for t in texts]
+    logits = {}
+    for per_item in (None, False):  # None: the runner's choice on a CPU
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_roberta).eval()
+        runner = ModelRunner(
+            model, torch.device("cpu"), model.config.pad_token_id, 4096, per_item_attention=per_item
+        )
+        logits[per_item] = runner.collect(runner.launch(ids))
+        assert (model.config._attn_implementation == per_item_attention.NAME) is (per_item is None)
+    assert logits[None].tolist() == [pytest.approx(row, abs=1e-5) for row in logits[False].tolist()]
+    for row, item in zip(logits[None].tolist(), ids, strict=True):
+        assert row == pytest.approx(direct.logits_of_ids(item.tolist()), abs=1e-5)
+
+
 def _random_classifier(architecture: str, attention: str) -> torch.nn.Module:
     """A 2-layer classifier of `architecture` with random weights, pad token id 1."""
     import transformers
@@ -179,6 +199,8 @@ def test_batched_scoring_matches_one_at_a_time_for_other_architectures(
     ids = [np.arange(5, 5 + length, dtype=np.int32) for length in (9, 3, 6)]
     runner = ModelRunner(model, torch.device("cpu"), 1, 4096)
     logits = runner.collect(runner.launch(ids))
+    if architecture != "Bert":  # per-item attention is for encoders on transformers' attention only
+        assert model.config._attn_implementation != per_item_attention.NAME
     with torch.inference_mode():
         alone = [model(input_ids=torch.from_numpy(item).long()[None]).logits[0].tolist() for item in ids]
     for row, expected in zip(logits.tolist(), alone, strict=True):

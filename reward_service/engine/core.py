@@ -398,11 +398,12 @@ def cpu_threads(config: EngineConfig) -> int | None:
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
-# Padding tokens a CPU batch may carry before the rest of its window goes into another batch. The
-# tiny stand-in on one thread: a forward costs about 1 ms plus 2 us per padded token, so another
-# batch pays for itself once it saves about 500 tokens of padding (24 items of 60-280 tokens: 15 ms
-# as one batch, 12 ms as two).
-CPU_BATCH_PADDING_TOKENS = 512
+# Padding tokens a CPU batch may carry before the rest of its window goes into another batch. With
+# attention run item by item (`per_item_attention`), padding costs only the other layers, about
+# half a real token: for the tiny stand-in on one thread another batch pays for itself once it saves
+# about 2,000 tokens of padding (a lone 16-pair request: 8.1 ms as one batch, 8.5 ms as two under a
+# limit of 512; docs/benchmarks.md).
+CPU_BATCH_PADDING_TOKENS = 2048
 
 
 def batch_padding_limit(config: EngineConfig, device: torch.device) -> int | None:

@@ -80,6 +80,7 @@ class ModelRunner:
         pad_token_id: int,
         max_batch_tokens: int,
         on_oom_split: Callable[[], None] = lambda: None,
+        per_item_attention: bool | None = None,
     ) -> None:
         self.model = model
         self.device = device
@@ -94,6 +95,14 @@ class ModelRunner:
         # Which padding mask the model's attention takes (`_attention_mask`), fixed at load.
         self._attention = broadcast_mask_attention(model)
         self._scores_dtype = next(model.parameters()).dtype if self._attention == "eager" else None
+        # On a CPU, attention item by item on its real tokens (`per_item_attention`); on a GPU each
+        # item's call would cost kernel launches, and padding is cheap there.
+        if per_item_attention is None:
+            per_item_attention = device.type == "cpu"
+        if per_item_attention and self._attention == "sdpa":
+            from reward_service.engine.per_item_attention import use_per_item_attention
+
+            use_per_item_attention(model)
 
     @torch.inference_mode()
     def launch(self, sequences: list[np.ndarray]) -> LaunchedBatch:
