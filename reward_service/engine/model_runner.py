@@ -100,6 +100,9 @@ class ModelRunner:
         if per_item_attention is None:
             per_item_attention = device.type == "cpu"
         if per_item_attention and self._attention == "sdpa":
+            # Imported here, not at the top: imported at interpreter start (the test engine gate's
+            # sitecustomize imports this module), the engine never answered its first heartbeat
+            # (test_a_frozen_engine_is_noticed_killed_and_replaced); the cause is not known yet.
             from reward_service.engine.per_item_attention import use_per_item_attention
 
             use_per_item_attention(model)
