@@ -7,9 +7,12 @@ runs them, for every combination of intra-op threads, padding limit and attentio
 (`padded`: SDPA over the padded batch; `per-item`: each item's own tokens, the CPU engine's).
 This is the floor under a lone request's latency through the service (`bench_service`'s `1xN`),
 and the share of it that attention takes (`torch.profiler`) says whether a front-end change could
-reach a target:
+reach a target. `spin ms` is the CPU time the process burns in the 20 ms after a forward, while
+OpenMP's threads spin waiting for more work: a core the front end cannot use (the engine sets
+GOMP_SPINCOUNT; compare with it unset):
 
     python -m bench.bench_forward --stand-in tiny --threads 1,2 --padding 512,none --attention padded,per-item
+    GOMP_SPINCOUNT=10000 python -m bench.bench_forward --threads 1,2 --padding 2048 --attention per-item
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ MAX_BATCH_TOKENS = 16_384
 MAX_BATCH_ITEMS = 256
 # --attention: ModelRunner's per_item_attention for each.
 ATTENTIONS = {"padded": False, "per-item": True}
+# How long after a forward `spin_after_ms` watches the process's CPU time.
+SPIN_WINDOW_S = 0.02
 
 
 def tokenized_requests(model: str, requests: int, pairs: int) -> list[list[np.ndarray]]:
@@ -70,6 +75,18 @@ def lone_forward_ms(
         if number >= WARM_UP_REQUESTS:
             times.append((time.perf_counter() - started) * 1000)
     return times
+
+
+def spin_after_ms(runner: ModelRunner, request: list[np.ndarray], padding_limit: int | None) -> float:
+    """Median CPU milliseconds the process spends in the 20 ms after a forward (5 tries)."""
+    burnt = []
+    for _ in range(5):
+        for batch in cut(request, padding_limit):
+            runner.collect(runner.launch(batch))
+        before = time.process_time()
+        time.sleep(SPIN_WINDOW_S)
+        burnt.append((time.process_time() - before) * 1000)
+    return statistics.median(burnt)
 
 
 def attention_share(
@@ -121,7 +138,7 @@ def main() -> None:
     tokens = [len(ids) for request in requests for ids in request]
     print(f"{len(requests)} requests of {args.pairs} pairs, {statistics.mean(tokens):.0f} tokens per pair")
     header = f"{'threads':>7} {'padding':>8} {'attention':>9} {'batches':>8} {'p50 ms':>8} {'p90 ms':>8}"
-    print(f"{header} {'in SDPA':>8}")
+    print(f"{header} {'in SDPA':>8} {'spin ms':>8}")
     torch.set_grad_enabled(False)
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
@@ -131,10 +148,11 @@ def main() -> None:
             for attention, runner in runners.items():
                 times = lone_forward_ms(runner, requests, limit)
                 share = attention_share(runner, requests[: WARM_UP_REQUESTS * 2], limit)
+                spin = spin_after_ms(runner, requests[0], limit)
                 p90 = statistics.quantiles(times, n=10)[-1]
                 print(
                     f"{threads:>7} {limit_text:>8} {attention:>9} {batches:>8.2f}"
-                    f" {statistics.median(times):>8.2f} {p90:>8.2f} {share:>7.0%}"
+                    f" {statistics.median(times):>8.2f} {p90:>8.2f} {share:>7.0%} {spin:>8.2f}"
                 )
 
 

@@ -6,7 +6,9 @@ log (bounded length, no spaces or control characters) or makes one, and keeps it
 (tasks and threads it starts copy the context) reads the id for log lines and adds what it timed.
 Every response, errors included, carries `X-Request-Id` and, as text-embeddings-inference sends
 them, `x-total-time` and `x-compute-time`, plus `x-tokenization-time`, `x-queue-time` and
-`x-inference-time` when the request went through a scoring engine (whole milliseconds).
+`x-inference-time` when the request went through a scoring engine (whole milliseconds). It also
+counts the requests this process is serving (`requests_in_progress`): a CPU engine gives every
+core to a request whose front end has nothing else to do.
 """
 
 from __future__ import annotations
@@ -57,6 +59,15 @@ _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _timing: ContextVar[RequestTiming | None] = ContextVar("request_timing", default=None)
 
 
+# HTTP requests this process is serving now (one event loop per process: no lock needed).
+_in_progress = 0
+
+
+def requests_in_progress() -> int:
+    """HTTP requests this process has taken and not yet answered, the caller's own included."""
+    return _in_progress
+
+
 def current_request_id() -> str | None:
     """The id of the request being served, or None outside a request."""
     return _request_id.get()
@@ -90,6 +101,14 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        global _in_progress
+        _in_progress += 1
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            _in_progress -= 1
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = next((value for name, value in scope["headers"] if name == REQUEST_ID_HEADER), None)
         request_id = accepted_request_id(given) or uuid.uuid4().hex
         timing = RequestTiming(time.perf_counter())

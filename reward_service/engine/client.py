@@ -95,13 +95,16 @@ class EngineClient:
         if self._monitor is not None:
             self._monitor.close()
 
-    async def score(self, token_ids: bytes, lengths: list[int], budget_s: float = 0.0) -> EngineScores:
+    async def score(
+        self, token_ids: bytes, lengths: list[int], budget_s: float = 0.0, sender_idle: bool = False
+    ) -> EngineScores:
         """One row of logits per sequence; raises a ServiceError (503 when a retry can help).
 
         With `budget_s` (seconds left before the request's deadline), the engine refuses at once
-        (503) a request it cannot finish in time."""
+        (503) a request it cannot finish in time. `sender_idle`: this process has no other request
+        in progress (`protocol.ScoreItems`)."""
         sent = time.perf_counter()
-        message = protocol.ScoreItems(next(self._ids), token_ids, lengths, budget_s)
+        message = protocol.ScoreItems(next(self._ids), token_ids, lengths, budget_s, sender_idle)
         answer = await self._call(message, len(lengths))
         if isinstance(answer, protocol.ScoredItems):
             if answer.tokens_per_s > 0:

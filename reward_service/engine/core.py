@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,9 +56,12 @@ class _InFlight:
 
 
 class EngineCore:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, threads: CpuThreads | None = None) -> None:
         self.config = config
         self.metrics = EngineMetrics(config.scorer)
+        # A CPU engine's intra-op threads, chosen per batch (`front_end_waits`); None: left as they are.
+        self._threads = threads
+        self._threads_now = None if threads is None else threads.shared
         self.scheduler = FairScheduler(config.max_batch_tokens, config.max_batch_items, config.queue_capacity)
         self._requests: dict[tuple[bytes, int], QueuedRequest] = {}
         self.admission = Admission(min_rate_tokens=config.max_batch_tokens // 8)
@@ -258,7 +262,14 @@ class EngineCore:
             detail = f"scorer '{self.config.scorer}' cannot score this request before its deadline: {why}"
             self._send(client, EngineFailure(message.request_id, "overloaded", detail))
             return
-        request = QueuedRequest(client, message.request_id, token_ids, message.lengths, deadline=deadline)
+        request = QueuedRequest(
+            client,
+            message.request_id,
+            token_ids,
+            message.lengths,
+            deadline=deadline,
+            sender_idle=message.sender_idle,
+        )
         if not self.scheduler.add(request):
             self.metrics.rejected.inc(len(message.lengths))
             detail = (
@@ -295,6 +306,7 @@ class EngineCore:
                     item.request.first_batch_started = started
             self.metrics.batch_size.observe(len(batch))
             self.metrics.batch_tokens.observe(max(item.length for item in batch) * len(batch))
+            self._choose_threads()
             try:
                 launched = self._runner.launch([item.request.ids(item.index) for item in batch])
             except Exception as exc:  # noqa: BLE001 - the failure belongs to the requests in this batch
@@ -303,6 +315,16 @@ class EngineCore:
             self._ran_since_trim = True
             return _InFlight(batch, launched, started)
         return None
+
+    def _choose_threads(self) -> None:
+        if self._threads is None:
+            return
+        every_core = front_end_waits(self._requests.values())
+        threads = self._threads.alone if every_core else self._threads.shared
+        if threads != self._threads_now:
+            torch.set_num_threads(threads)
+            self._threads_now = threads
+        self.metrics.cpu_batches.labels(self.config.scorer, "all" if every_core else "all_but_one").inc()
 
     def _complete(self, in_flight: _InFlight) -> None:
         assert self._runner is not None
@@ -385,17 +407,37 @@ class EngineCore:
         self._socket.send_multipart([client, protocol.encode(message)], copy=False)
 
 
-def cpu_threads(config: EngineConfig) -> int | None:
-    """Intra-op threads for a CPU engine: every core but one, which the front end needs (HTTP, JSON,
-    tokenization). None: leave torch's default (a GPU engine, or OMP_NUM_THREADS set by the operator).
+@dataclass(frozen=True)
+class CpuThreads:
+    """A CPU engine's intra-op threads: `shared` while the front end has work of its own (every
+    core but one, which HTTP, JSON and tokenization need), `alone` while the front end of the
+    engine's only request waits on it (every core).
 
     torch's default, a thread per core, busy-waits each op's threads on a machine whose cores the
     front end also uses: one descheduled thread stalls the whole op (a tiny model's 16-item batch
-    took 200-500 ms with two threads on two loaded cores, 17-27 ms with one)."""
+    took 200-500 ms with two threads on two loaded cores, 17-27 ms with one). A lone request's
+    front end is idle, and its core would be too: with both cores a lone 16-pair forward of the
+    tiny stand-in takes 6 ms instead of 9 (docs/benchmarks.md)."""
+
+    shared: int
+    alone: int
+
+
+def cpu_threads(config: EngineConfig) -> CpuThreads | None:
+    """The CPU engine's threads. None: leave torch's default (a GPU engine, or OMP_NUM_THREADS set
+    by the operator)."""
     on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
     if not on_cpu or "OMP_NUM_THREADS" in os.environ:
         return None
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    cores = len(os.sched_getaffinity(0))
+    return CpuThreads(shared=max(1, cores - 1), alone=cores)
+
+
+def front_end_waits(requests: Collection[QueuedRequest]) -> bool:
+    """Whether the next batch may run on every core, given every request the engine holds: only
+    for a lone request whose front end had nothing else in progress. Two requests, even from idle
+    front ends, mean two front-end processes at work (or more work on the way): they keep a core."""
+    return len(requests) == 1 and next(iter(requests)).sender_idle
 
 
 # Padding tokens a CPU batch may carry before the rest of its window goes into another batch. With
@@ -417,9 +459,10 @@ def batch_padding_limit(config: EngineConfig, device: torch.device) -> int | Non
 def run_engine(config: EngineConfig) -> None:
     """Serve until SIGTERM (then finish queued work) or until the parent process is gone."""
     torch.set_grad_enabled(False)
-    if (threads := cpu_threads(config)) is not None:
-        torch.set_num_threads(threads)
-    engine = EngineCore(config)
+    threads = cpu_threads(config)
+    if threads is not None:
+        torch.set_num_threads(threads.shared)
+    engine = EngineCore(config, threads)
     signal.signal(signal.SIGTERM, lambda *_: engine.stop())
     # Ctrl-C in a terminal reaches the whole process group: the front end decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

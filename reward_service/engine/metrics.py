@@ -44,6 +44,12 @@ class EngineMetrics:
         self.abandoned = Counter(
             "reward_abandoned_items", "Queued items dropped because their client went away.", ["scorer"]
         ).labels(scorer)
+        self.cpu_batches = Counter(
+            "reward_cpu_batches",
+            "CPU batches by the cores they ran on: 'all' while the engine's only request's front end "
+            "waits on it, else 'all_but_one'.",
+            ["scorer", "cores"],
+        )
         self.oom_splits = Counter(
             "reward_oom_splits", "Batches split after running out of GPU memory.", ["scorer"]
         ).labels(scorer)

@@ -29,12 +29,15 @@ class ScoreItems(msgspec.Struct, tag=True, frozen=True):
     """Score `len(lengths)` token sequences, packed one after the other in `token_ids`.
 
     `budget_s`: seconds until the front end stops waiting (0: no deadline); the engine refuses the
-    request at once if it cannot finish in time (see `admission`)."""
+    request at once if it cannot finish in time (see `admission`). `sender_idle`: the front end had
+    no other request in progress when it sent this one, so it waits on this engine and leaves its
+    core free (a CPU engine alone with such a request runs it on every core)."""
 
     request_id: int
     token_ids: bytes
     lengths: list[int]
     budget_s: float = 0.0
+    sender_idle: bool = False
 
 
 class CancelItems(msgspec.Struct, tag=True, frozen=True):

@@ -42,6 +42,8 @@ class QueuedRequest:
     deadline: float | None = None
     # Tokens of the items not scored yet.
     remaining_tokens: int = field(init=False)
+    # Its front end had nothing else in progress when it sent it (`protocol.ScoreItems`).
+    sender_idle: bool = False
 
     def __post_init__(self) -> None:
         self.offsets = np.concatenate(([0], np.cumsum(self.lengths[:-1], dtype=np.int64))).tolist()

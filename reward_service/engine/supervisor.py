@@ -48,6 +48,12 @@ CHECK_INTERVAL_S = 0.2
 # An engine that was ready, or lived this long, is restarted at once; other deaths back off.
 HEALTHY_LIFETIME_S = 30.0
 MAX_BACKOFF_S = 30.0
+# GNU OpenMP (torch's on Linux) keeps an op's threads spinning for about 10 ms after a parallel
+# region ends (GOMP_SPINCOUNT's default of 300,000): after every CPU batch run on several threads,
+# cores that the front end needs right then. 10,000 spins still bridge the gaps between a forward's
+# ops (a lone 16-pair forward of the tiny stand-in on 2 threads: 6.2 ms against 5.9) and free the
+# cores within 0.3 ms (docs/benchmarks.md). The operator's GOMP_SPINCOUNT or OMP_WAIT_POLICY wins.
+ENGINE_SPIN_COUNT = "10000"
 
 
 @dataclass
@@ -155,7 +161,9 @@ class EngineSupervisor:
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def _environment(self) -> dict[str, str]:
+        spin = {} if "OMP_WAIT_POLICY" in os.environ else {"GOMP_SPINCOUNT": ENGINE_SPIN_COUNT}
         return {
+            **spin,
             **os.environ,
             "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
             # The engine imports this package the way this process does (source tree or install).

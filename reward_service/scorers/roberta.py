@@ -26,6 +26,7 @@ from reward_service.engine.protocol import ModelCard, pack_token_ids
 from reward_service.errors import InputTooLong, NotReady, Overloaded
 from reward_service.metrics import ServiceMetrics
 from reward_service.model_source import check_model_source
+from reward_service.request_context import requests_in_progress
 from reward_service.scorers.base import EngineCall, ScoreOptions, ScoreOutput, Scorer
 from reward_service.scorers.tokenization import WindowTokenizer
 from reward_service.settings import ServiceSettings
@@ -192,7 +193,10 @@ class RobertaScorer(Scorer):
             )
         token_ids, lengths = pack_token_ids(tokenized.ids)
         tokenization_s = time.perf_counter() - started
-        result = await engine.score(token_ids, lengths, _seconds_left(options.deadline) or 0.0)
+        # Alone in this process (no other request being parsed, tokenized or answered), this
+        # request may have the engine use the core the front end would otherwise need.
+        sender_idle = requests_in_progress() <= 1
+        result = await engine.score(token_ids, lengths, _seconds_left(options.deadline) or 0.0, sender_idle)
         logits = result.logits
         self._metrics.truncated.labels(self.name).inc(tokenized.truncated)
         scores = [row[card.reward_index] for row in logits]
