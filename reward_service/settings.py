@@ -121,7 +121,7 @@ class ServiceSettings(BaseSettings):
     engine_heartbeat_timeout_s: float = Field(
         default=3.0,
         gt=0,
-        description="An engine that has answered heartbeats and then leaves one unanswered for this long "
+        description="An engine with its model loaded that leaves a heartbeat unanswered for this long "
         "(stopped or frozen) is killed and restarted; its requests get 503.",
     )
     engine_stall_timeout_s: float = Field(
@@ -129,6 +129,13 @@ class ServiceSettings(BaseSettings):
         gt=0,
         description="An engine whose busy loop is inside one step (a batch) this long is killed and "
         "restarted, its device taken for hung; above the longest batch the model may take.",
+    )
+    engine_start_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="An engine still starting or loading its model that answers no heartbeat for this "
+        "long (an interpreter, import or load frozen or hung) is killed and restarted. Longer than "
+        "the heartbeat timeout: a load may hold the GIL for seconds (CUDA's start, a checkpoint read).",
     )
     engine_standby: bool = Field(
         default=True,

@@ -419,6 +419,29 @@ def test_a_frozen_engine_is_noticed_killed_and_replaced(
         assert httpx.post(server.url + "/score", json={"texts": ["I like you."]}).status_code == 200
 
 
+def test_an_engine_frozen_before_its_model_is_ready_is_killed_and_replaced(tiny_roberta: Path) -> None:
+    # Frozen while it still imports (no socket bound yet, so no heartbeat could go unanswered) or
+    # loads: without the start limit it was never noticed and the scorer stayed "loading" for good.
+    settings = service_settings(tiny_roberta, engine_start_timeout_s=4.0, engine_standby=False)
+    app = create_app(settings)
+    with serving(app, ready_path=None) as server:
+        supervisor = app.state.registry.engines.supervisor("roberta-hate")
+        [pid] = supervisor.pids()
+        os.kill(pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        try:
+            wait_until(lambda: supervisor.pids() != [pid], timeout_s=30)
+        finally:
+            if supervisor.pids() == [pid]:
+                os.kill(pid, signal.SIGKILL)
+        assert time.monotonic() - frozen_at >= 2.0  # not before it could have answered
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # killed and reaped
+        wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, timeout_s=90)
+        assert supervisor.restarts() == 1
+        assert httpx.post(server.url + "/score", json={"texts": ["I like you."]}).status_code == 200
+
+
 def test_a_watcher_paused_past_the_heartbeat_timeout_does_not_kill_a_healthy_engine(
     tiny_roberta: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

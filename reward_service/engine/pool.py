@@ -74,6 +74,7 @@ class EngineProcesses:
                 heartbeat_interval_s=settings.engine_heartbeat_interval_s,
                 heartbeat_timeout_s=settings.engine_heartbeat_timeout_s,
                 stall_timeout_s=settings.engine_stall_timeout_s,
+                start_timeout_s=settings.engine_start_timeout_s,
                 standby=settings.engine_standby,
             )
             for name in engine_scorers(settings)

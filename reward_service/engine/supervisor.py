@@ -8,9 +8,10 @@ reconnect by themselves): at once if it had loaded its model (a crash, the OOM k
 else after a back-off that grows while it keeps dying before it is ready (a model that cannot
 load), as it does for one that dies within HEALTHY_LIFETIME_S of its start.
 
-The same thread sends each engine a heartbeat every `heartbeat_interval_s`. An engine that has
-answered once and then leaves heartbeats unanswered for `heartbeat_timeout_s` (stopped, or frozen),
-or whose busy loop has been inside one step for `stall_timeout_s` (a batch hung on its device), is
+The same thread sends each engine a heartbeat every `heartbeat_interval_s`. An engine with its
+model loaded that leaves heartbeats unanswered for `heartbeat_timeout_s` (stopped, or frozen), one
+still starting or loading that answers none for `start_timeout_s` (frozen before it was ready), or
+one whose busy loop has been inside one step for `stall_timeout_s` (a batch hung on its device), is
 SIGKILLed: its front ends see the socket close, answer its requests with 503 and report not ready,
 and it is restarted like an engine that died.
 
@@ -82,8 +83,8 @@ class _Engine:
 class EngineSupervisor:
     """Engines for `configs` (their `address` is filled in here), with metrics under `metrics_dir`.
 
-    The heartbeat limits are REWARD_ENGINE_HEARTBEAT_INTERVAL_S, REWARD_ENGINE_HEARTBEAT_TIMEOUT_S and
-    REWARD_ENGINE_STALL_TIMEOUT_S (these defaults are theirs)."""
+    The heartbeat limits are REWARD_ENGINE_HEARTBEAT_INTERVAL_S, REWARD_ENGINE_HEARTBEAT_TIMEOUT_S,
+    REWARD_ENGINE_STALL_TIMEOUT_S and REWARD_ENGINE_START_TIMEOUT_S (these defaults are theirs)."""
 
     scorer: str
     configs: list[EngineConfig]
@@ -91,6 +92,7 @@ class EngineSupervisor:
     heartbeat_interval_s: float = 0.5
     heartbeat_timeout_s: float = 3.0
     stall_timeout_s: float = 120.0
+    start_timeout_s: float = 120.0
     standby: bool = False
     runtime_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="reward-engines-"))
     _engines: list[_Engine] = field(default_factory=list)
@@ -280,11 +282,15 @@ class EngineSupervisor:
                 engine.answered, engine.busy_s = now, reply.busy_s
                 engine.unanswered_since = None
                 engine.was_ready = engine.was_ready or reply.ready
+        silent_s = self._silence_s(engine, now)
+        # A loading engine may hold the GIL for seconds at a time (CUDA's initialisation, a
+        # checkpoint's read), so it is given the start limit; a ready one only the heartbeat's.
+        limit_s = self.heartbeat_timeout_s if engine.was_ready else self.start_timeout_s
+        if silent_s > limit_s:
+            ready = "" if engine.was_ready else " before its model was ready"
+            self._kill_frozen(engine, f"answered no heartbeat for {silent_s:.1f}s{ready}")
+            return
         if engine.answered is not None:
-            silent_s = 0.0 if engine.unanswered_since is None else now - engine.unanswered_since
-            if silent_s > self.heartbeat_timeout_s:
-                self._kill_frozen(engine, f"left a heartbeat unanswered for {silent_s:.1f}s")
-                return
             if engine.busy_s > self.stall_timeout_s:
                 self._kill_frozen(engine, f"has been inside one step of its loop for {engine.busy_s:.0f}s")
                 return
@@ -297,6 +303,14 @@ class EngineSupervisor:
                 return  # not connected yet (the engine is starting): no beat to miss
             if engine.unanswered_since is None:
                 engine.unanswered_since = now
+
+    @staticmethod
+    def _silence_s(engine: _Engine, now: float) -> float:
+        """How long the engine has left a heartbeat unanswered; for one that has not yet bound its
+        socket (its interpreter still starting, or frozen there), the time since its start."""
+        if engine.unanswered_since is not None:
+            return now - engine.unanswered_since
+        return now - engine.started if engine.answered is None else 0.0
 
     def _kill_frozen(self, engine: _Engine, why: str) -> None:
         assert engine.process is not None
