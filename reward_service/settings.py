@@ -121,7 +121,7 @@ class ServiceSettings(BaseSettings):
     engine_heartbeat_timeout_s: float = Field(
         default=3.0,
         gt=0,
-        description="An engine with its model loaded that leaves a heartbeat unanswered for this long "
+        description="An engine that has answered heartbeats and then leaves one unanswered for this long "
         "(stopped or frozen) is killed and restarted; its requests get 503.",
     )
     engine_stall_timeout_s: float = Field(
@@ -133,9 +133,9 @@ class ServiceSettings(BaseSettings):
     engine_start_timeout_s: float = Field(
         default=120.0,
         gt=0,
-        description="An engine still starting or loading its model that answers no heartbeat for this "
-        "long (an interpreter, import or load frozen or hung) is killed and restarted. Longer than "
-        "the heartbeat timeout: a load may hold the GIL for seconds (CUDA's start, a checkpoint read).",
+        description="An engine that has answered no heartbeat yet this long after its start (its "
+        "interpreter or imports frozen or hung) is killed and restarted. Longer than the heartbeat "
+        "timeout: importing PyTorch takes seconds, more on a cold disk.",
     )
     engine_standby: bool = Field(
         default=True,

@@ -419,9 +419,9 @@ def test_a_frozen_engine_is_noticed_killed_and_replaced(
         assert httpx.post(server.url + "/score", json={"texts": ["I like you."]}).status_code == 200
 
 
-def test_an_engine_frozen_before_its_model_is_ready_is_killed_and_replaced(tiny_roberta: Path) -> None:
-    # Frozen while it still imports (no socket bound yet, so no heartbeat could go unanswered) or
-    # loads: without the start limit it was never noticed and the scorer stayed "loading" for good.
+def test_an_engine_frozen_while_it_starts_is_killed_and_replaced(tiny_roberta: Path) -> None:
+    # Frozen while it still imports (no socket bound yet, so no heartbeat could go unanswered):
+    # without the start limit it was never noticed and the scorer stayed "loading" for good.
     settings = service_settings(tiny_roberta, engine_start_timeout_s=4.0, engine_standby=False)
     app = create_app(settings)
     with serving(app, ready_path=None) as server:

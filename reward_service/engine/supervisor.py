@@ -8,9 +8,9 @@ reconnect by themselves): at once if it had loaded its model (a crash, the OOM k
 else after a back-off that grows while it keeps dying before it is ready (a model that cannot
 load), as it does for one that dies within HEALTHY_LIFETIME_S of its start.
 
-The same thread sends each engine a heartbeat every `heartbeat_interval_s`. An engine with its
-model loaded that leaves heartbeats unanswered for `heartbeat_timeout_s` (stopped, or frozen), one
-still starting or loading that answers none for `start_timeout_s` (frozen before it was ready), or
+The same thread sends each engine a heartbeat every `heartbeat_interval_s`. An engine that has
+answered once and then leaves heartbeats unanswered for `heartbeat_timeout_s` (stopped, or frozen),
+one that has answered none `start_timeout_s` after its start (frozen or hung while it starts), or
 one whose busy loop has been inside one step for `stall_timeout_s` (a batch hung on its device), is
 SIGKILLed: its front ends see the socket close, answer its requests with 503 and report not ready,
 and it is restarted like an engine that died.
@@ -283,12 +283,13 @@ class EngineSupervisor:
                 engine.unanswered_since = None
                 engine.was_ready = engine.was_ready or reply.ready
         silent_s = self._silence_s(engine, now)
-        # A loading engine may hold the GIL for seconds at a time (CUDA's initialisation, a
-        # checkpoint's read), so it is given the start limit; a ready one only the heartbeat's.
-        limit_s = self.heartbeat_timeout_s if engine.was_ready else self.start_timeout_s
+        # Until its first answer an engine may still be importing (seconds, more on a cold disk),
+        # so it has the start limit; after that the heartbeat's. Not `was_ready`: an engine frozen
+        # just after it became ready, before a reply said so, must not get the long limit.
+        limit_s = self.heartbeat_timeout_s if engine.answered is not None else self.start_timeout_s
         if silent_s > limit_s:
-            ready = "" if engine.was_ready else " before its model was ready"
-            self._kill_frozen(engine, f"answered no heartbeat for {silent_s:.1f}s{ready}")
+            first = "" if engine.answered is not None else " since its start"
+            self._kill_frozen(engine, f"answered no heartbeat for {silent_s:.1f}s{first}")
             return
         if engine.answered is not None:
             if engine.busy_s > self.stall_timeout_s:
@@ -306,11 +307,11 @@ class EngineSupervisor:
 
     @staticmethod
     def _silence_s(engine: _Engine, now: float) -> float:
-        """How long the engine has left a heartbeat unanswered; for one that has not yet bound its
-        socket (its interpreter still starting, or frozen there), the time since its start."""
-        if engine.unanswered_since is not None:
-            return now - engine.unanswered_since
-        return now - engine.started if engine.answered is None else 0.0
+        """How long the engine has left a heartbeat unanswered; for one that has answered none yet
+        (it may not have bound its socket, so no beat could reach it), the time since its start."""
+        if engine.answered is None:
+            return now - engine.started
+        return 0.0 if engine.unanswered_since is None else now - engine.unanswered_since
 
     def _kill_frozen(self, engine: _Engine, why: str) -> None:
         assert engine.process is not None
