@@ -282,16 +282,20 @@ class EngineSupervisor:
                 engine.answered, engine.busy_s = now, reply.busy_s
                 engine.unanswered_since = None
                 engine.was_ready = engine.was_ready or reply.ready
-        silent_s = self._silence_s(engine, now)
-        # Until its first answer an engine may still be importing (seconds, more on a cold disk),
-        # so it has the start limit; after that the heartbeat's. Not `was_ready`: an engine frozen
-        # just after it became ready, before a reply said so, must not get the long limit.
-        limit_s = self.heartbeat_timeout_s if engine.answered is not None else self.start_timeout_s
-        if silent_s > limit_s:
-            first = "" if engine.answered is not None else " since its start"
-            self._kill_frozen(engine, f"answered no heartbeat for {silent_s:.1f}s{first}")
-            return
-        if engine.answered is not None:
+        if engine.answered is None:
+            # It may still be importing (seconds, more on a cold disk) and may not have bound its
+            # socket, so no beat could reach it: its silence counts from its start, against the
+            # start limit. Not until `was_ready`: an engine frozen just after it became ready,
+            # before a reply said so, must not keep the long limit.
+            silent_s = now - engine.started
+            if silent_s > self.start_timeout_s:
+                self._kill_frozen(engine, f"answered no heartbeat in the {silent_s:.1f}s since its start")
+                return
+        else:
+            silent_s = 0.0 if engine.unanswered_since is None else now - engine.unanswered_since
+            if silent_s > self.heartbeat_timeout_s:
+                self._kill_frozen(engine, f"left a heartbeat unanswered for {silent_s:.1f}s")
+                return
             if engine.busy_s > self.stall_timeout_s:
                 self._kill_frozen(engine, f"has been inside one step of its loop for {engine.busy_s:.0f}s")
                 return
@@ -304,14 +308,6 @@ class EngineSupervisor:
                 return  # not connected yet (the engine is starting): no beat to miss
             if engine.unanswered_since is None:
                 engine.unanswered_since = now
-
-    @staticmethod
-    def _silence_s(engine: _Engine, now: float) -> float:
-        """How long the engine has left a heartbeat unanswered; for one that has answered none yet
-        (it may not have bound its socket, so no beat could reach it), the time since its start."""
-        if engine.answered is None:
-            return now - engine.started
-        return 0.0 if engine.unanswered_since is None else now - engine.unanswered_since
 
     def _kill_frozen(self, engine: _Engine, why: str) -> None:
         assert engine.process is not None
