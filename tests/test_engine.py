@@ -207,6 +207,24 @@ def test_batched_scoring_matches_one_at_a_time_for_other_architectures(
         assert row == pytest.approx(expected, abs=1e-5)
 
 
+# Many decoder reward models (Llama 3's, for one) have no pad token: transformers refuses a batch of
+# more than one for them, and finds each row's score at its last token that is not the pad id.
+@pytest.mark.parametrize("architecture", ["Llama", "Qwen2"])
+def test_a_decoder_with_no_pad_token_scores_a_batch_as_one_at_a_time(architecture: str) -> None:
+    model = _random_classifier(architecture, "sdpa")
+    model.config.pad_token_id = None
+    # Rows that end in ids 0, 1 and 2: whichever of them a runner padded with, it would hide that
+    # row's last token and score the row at an earlier one.
+    ids = [np.array(row, dtype=np.int32) for row in ([7, 9, 11, 0], [5, 1], [8, 6, 12, 30, 2], [9, 3, 1])]
+    runner = ModelRunner(model, torch.device("cpu"), None, 4096)
+    batched = runner.collect(runner.launch(ids))
+    with torch.inference_mode():
+        model.config.pad_token_id = None
+        alone = [model(input_ids=torch.from_numpy(item).long()[None]).logits[0].tolist() for item in ids]
+    for row, expected in zip(batched.tolist(), alone, strict=True):
+        assert row == pytest.approx(expected, abs=1e-5)
+
+
 def test_out_of_memory_splits_the_batch_and_still_gives_every_score(tiny_roberta: Path) -> None:
     real = load_classifier(str(tiny_roberta), torch.device("cpu"), torch.float32)
 

@@ -158,7 +158,8 @@ class EngineCore:
             dtype = resolve_dtype(self.config.dtype, device)
             model = load_classifier(self.config.model_path, device, dtype)
             self._card = read_model_card(self.config.model_path, model.config)
-            pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+            # None for a model with no pad token: the runner picks one per batch.
+            pad = model.config.get_text_config().pad_token_id
             self.scheduler.max_batch_padding = batch_padding_limit(self.config, device)
             self._runner = ModelRunner(
                 model, device, pad, self.config.max_batch_tokens, self.metrics.oom_splits.inc

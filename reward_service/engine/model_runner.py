@@ -8,6 +8,7 @@ work and returns at once on a GPU, so the engine can prepare the next batch whil
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ class ModelRunner:
         self,
         model: torch.nn.Module,
         device: torch.device,
-        pad_token_id: int,
+        pad_token_id: int | None,
         max_batch_tokens: int,
         on_oom_split: Callable[[], None] = lambda: None,
         per_item_attention: bool | None = None,
@@ -85,6 +86,8 @@ class ModelRunner:
         self.model = model
         self.device = device
         self.pad_token_id = pad_token_id
+        # The config a decoder classifier reads its pad id from to find each row's last token.
+        self._text_config = model.config.get_text_config()
         self.num_labels = int(model.config.num_labels)
         self._on_oom_split = on_oom_split
         pin = device.type == "cuda"
@@ -149,7 +152,13 @@ class ModelRunner:
             host = torch.empty(len(sequences) * width, dtype=torch.int64, pin_memory=host.is_pinned())
         padded = host[: len(sequences) * width].view(len(sequences), width)
         padded_np = padded.numpy()
-        padded_np.fill(self.pad_token_id)
+        pad = self.pad_token_id
+        if pad is None:
+            pad = _id_ending_no_row(sequences)
+            # A decoder classifier scores the last token that is not the pad id, and refuses a batch
+            # with no pad id at all: an id that ends no row makes that each row's real last token.
+            self._text_config.pad_token_id = pad
+        padded_np.fill(pad)
         for row, ids in enumerate(sequences):
             padded_np[row, : len(ids)] = ids
         input_ids = padded.to(self.device, non_blocking=True)
@@ -173,3 +182,9 @@ class ModelRunner:
             additive = torch.zeros(keep.shape, dtype=self._scores_dtype, device=keep.device)
             return additive.masked_fill_(~keep, torch.finfo(self._scores_dtype).min)[:, None, None, :]
         return keep.long()  # causal models, flash-attention, attention of the model's own: the 2D mask
+
+
+def _id_ending_no_row(sequences: list[np.ndarray]) -> int:
+    """The smallest token id that is no sequence's last token."""
+    last_tokens = {int(ids[-1]) for ids in sequences if len(ids)}
+    return next(candidate for candidate in itertools.count() if candidate not in last_tokens)
