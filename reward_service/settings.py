@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliSuppress, NoDecode, SettingsConfigDict
 
+from reward_service.engine.protocol import CPU_BATCH_PADDING_TOKENS
+
 DEFAULT_ROBERTA_MODEL = "facebook/roberta-hate-speech-dynabench-r4-target"
 # A current Claude inference profile; the article's anthropic.claude-3-sonnet-20240229-v1:0 is retired.
 DEFAULT_BEDROCK_MODEL = "us.anthropic.claude-haiku-4-5-20251001-v1:0"
@@ -100,9 +102,9 @@ class ServiceSettings(BaseSettings):
         default=None,
         ge=0,
         description="Padding tokens (padded size - real tokens) one batch may carry before the "
-        "longer items waiting go into another batch. Unset: 2048 on a CPU, where padding costs about "
-        "half a real token and another batch about 1 ms; no limit on a GPU, where each batch costs its "
-        "kernel launches.",
+        f"longer items waiting go into another batch. Unset: {CPU_BATCH_PADDING_TOKENS} on a CPU, "
+        "where padding costs about half a real token and another batch about 1 ms; no limit on a GPU, "
+        "where each batch costs its kernel launches.",
     )
     max_wait_ms: float = Field(
         default=0.0,

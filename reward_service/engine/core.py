@@ -441,20 +441,12 @@ def front_end_waits(requests: Collection[QueuedRequest]) -> bool:
     return len(requests) == 1 and next(iter(requests)).sender_idle
 
 
-# Padding tokens a CPU batch may carry before the rest of its window goes into another batch. With
-# attention run item by item (`per_item_attention`), padding costs only the other layers, about
-# half a real token: for the tiny stand-in on one thread another batch pays for itself once it saves
-# about 2,000 tokens of padding (a lone 16-pair request: 8.1 ms as one batch, 8.5 ms as two under a
-# limit of 512; docs/benchmarks.md).
-CPU_BATCH_PADDING_TOKENS = 2048
-
-
 def batch_padding_limit(config: EngineConfig, device: torch.device) -> int | None:
-    """The setting if given; else CPU_BATCH_PADDING_TOKENS on a CPU and no limit on a GPU, where each
+    """The setting if given; else protocol.CPU_BATCH_PADDING_TOKENS on a CPU and no limit on a GPU, where each
     batch costs its kernel launches and a batch of many short items is cheap per token."""
     if config.max_batch_padding_tokens is not None:
         return config.max_batch_padding_tokens
-    return CPU_BATCH_PADDING_TOKENS if device.type == "cpu" else None
+    return protocol.CPU_BATCH_PADDING_TOKENS if device.type == "cpu" else None
 
 
 def run_engine(config: EngineConfig) -> None:

@@ -100,6 +100,14 @@ class EngineStatus(msgspec.Struct, tag=True, frozen=True):
     card: ModelCard | None = None
 
 
+# Padding tokens a CPU batch may carry before the rest of its window goes into another batch. With
+# attention run item by item (`per_item_attention`), padding costs only the other layers, about
+# half a real token: for the tiny stand-in on one thread another batch pays for itself once it saves
+# about 2,000 tokens of padding (a lone 16-pair request: 8.1 ms as one batch, 8.5 ms as two under a
+# limit of 512; docs/benchmarks.md).
+CPU_BATCH_PADDING_TOKENS = 2048
+
+
 class EngineConfig(msgspec.Struct, frozen=True):
     """What the supervisor tells an engine process at start (JSON on its command line)."""
 
