@@ -16,11 +16,16 @@ everything already.
 
     python -m bench.bench_engine_restart --stand-in tiny --kills 3
     python -m bench.bench_engine_restart --stand-in tiny --kills 3 --standby
+    python -m bench.bench_engine_restart --stand-in roberta-base --device cuda --kills 2
+
+It also counts the engines the supervisor killed as frozen: any at all means a start or a load
+kept the engine from answering its heartbeats (on a GPU, a step holding the GIL for seconds).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import statistics
@@ -98,6 +103,18 @@ class _Probe:
         self._context.term()
 
 
+class _FrozenKills(logging.Handler):
+    """Counts the supervisor's log lines for an engine it kills as frozen."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "killing it to restart it" in record.getMessage():
+            self.count += 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,6 +123,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--between-s", type=float, default=1.0, help="wait after ready before the next kill")
     parser.add_argument("--standby", action="store_true", help="keep a standby engine, as the service does")
+    parser.add_argument("--device", default="cpu", help="the engine's device: cpu, cuda, cuda:1, ...")
     args = parser.parse_args()
 
     model = build_classifier(args.stand_in)
@@ -113,7 +131,11 @@ def main() -> None:
     subprocess.run([sys.executable, "-c", "import reward_service.engine.core"], check=True)
     import_s = time.monotonic() - started
 
-    config = EngineConfig("bench", "", str(model), "cpu", "auto", 16384, 256, 2.0, 4096, log_level="warning")
+    frozen_kills = _FrozenKills()
+    logging.getLogger("reward_service.engine.supervisor").addHandler(frozen_kills)
+    config = EngineConfig(
+        "bench", "", str(model), args.device, "auto", 16384, 256, 2.0, 4096, log_level="warning"
+    )
     supervisor = EngineSupervisor(
         "bench", [config], tempfile.mkdtemp(prefix="bench-metrics-"), standby=args.standby
     )
@@ -141,7 +163,8 @@ def main() -> None:
         supervisor.stop()
 
     print(f"standby engine: {'yes' if args.standby else 'no'}")
-    print(f"stand-in {args.stand_in}; bare import of the engine: {import_s:.2f} s")
+    print(f"stand-in {args.stand_in} on {args.device}; bare import of the engine: {import_s:.2f} s")
+    print(f"engines killed by the supervisor as frozen: {frozen_kills.count}")
     print("restart  back-off_s  start_s  load_s  total_s")
     for index, (backoff, start, load) in enumerate(phases, 1):
         print(f"{index:7d}  {backoff:10.2f}  {start:7.2f}  {load:6.2f}  {backoff + start + load:7.2f}")

@@ -14,7 +14,9 @@
 #      and 4x1024, with the clients spread over 8 processes;
 #   3. the same 64x1 with --workers 2, to see whether the front end bounds it;
 #   4. one PPO step's reward wait: a Qwen2-0.5B-shaped policy generates 64 responses on the GPU
-#      and the service (same GPU) scores them (bench/gpu_reward_wait.py).
+#      and the service (same GPU) scores them (bench/gpu_reward_wait.py);
+#   5. two engine restarts on the GPU: their phases, and whether the supervisor ever took a
+#      starting or loading engine for frozen (bench/bench_engine_restart.py).
 # Targets (issue 10): >= 0.9 of raw at 64x16 and 4x1024, >= 0.8 at 8x16, lone p50 <= 10 ms and
 # p99 <= 20 ms, 64x1 >= 4,000 requests/s.
 set -uo pipefail
@@ -56,4 +58,7 @@ env = {"REWARD_DEVICE": "cuda", "REWARD_MAX_ITEMS_PER_REQUEST": "1024"}
 with running_service(Path(model), Path(tempfile.gettempdir()) / "gpu-check-service.log", env, 180) as (url, _):
     subprocess.run([sys.executable, "-m", "bench.gpu_reward_wait", "--url", url], timeout=150, check=False)
 PY
+note "engine restarts on the GPU: phases and engines killed as frozen"
+timeout 90 python3 -m bench.bench_engine_restart --stand-in roberta-base --device cuda --kills 2 \
+  >> "$out" 2>&1 || echo "bench_engine_restart ended with status $?" | tee -a "$out"
 note "done"

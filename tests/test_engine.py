@@ -34,10 +34,10 @@ from harness.reference_scoring import DirectScorer
 from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
 from reward_service.engine import per_item_attention
-from reward_service.engine.core import CPU_BATCH_PADDING_TOKENS, batch_padding_limit
+from reward_service.engine.core import batch_padding_limit
 from reward_service.engine.model_card import read_model_card
 from reward_service.engine.model_runner import ModelRunner, load_classifier
-from reward_service.engine.protocol import EngineConfig
+from reward_service.engine.protocol import CPU_BATCH_PADDING_TOKENS, EngineConfig
 from reward_service.engine.scheduler import FairScheduler, QueuedRequest
 from reward_service.metrics import ServiceMetrics
 from reward_service.scorers import Scorer, build_registry

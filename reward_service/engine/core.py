@@ -36,6 +36,7 @@ from reward_service.engine.model_runner import (
     LaunchedBatch,
     ModelRunner,
     load_classifier,
+    prepare_cuda,
     resolve_device,
     resolve_dtype,
 )
@@ -84,6 +85,7 @@ class EngineCore:
         self._socket.setsockopt(zmq.LINGER, 1000)
 
     def serve(self) -> None:
+        prepare_cuda(self.config.device)
         self._bind()
         heartbeats = self._heartbeat_socket()
         heartbeat_thread = threading.Thread(
@@ -442,8 +444,8 @@ def front_end_waits(requests: Collection[QueuedRequest]) -> bool:
 
 
 def batch_padding_limit(config: EngineConfig, device: torch.device) -> int | None:
-    """The setting if given; else protocol.CPU_BATCH_PADDING_TOKENS on a CPU and no limit on a GPU, where each
-    batch costs its kernel launches and a batch of many short items is cheap per token."""
+    """The setting if given; else protocol.CPU_BATCH_PADDING_TOKENS on a CPU and no limit on a GPU,
+    where each batch costs its kernel launches and a batch of many short items is cheap per token."""
     if config.max_batch_padding_tokens is not None:
         return config.max_batch_padding_tokens
     return protocol.CPU_BATCH_PADDING_TOKENS if device.type == "cpu" else None

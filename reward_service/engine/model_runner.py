@@ -31,6 +31,24 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def prepare_cuda(device: str) -> None:
+    """Create the CUDA context and load cuBLAS for `device` now, if it is a GPU.
+
+    Both take seconds on some machines and PyTorch's bindings hold the GIL through parts of them.
+    Done before the engine binds its sockets, they count against the supervisor's start limit
+    (REWARD_ENGINE_START_TIMEOUT_S); done in the load thread after a first heartbeat reply, a
+    long hold would leave the heartbeat thread silent past the 3 s limit and get the engine killed
+    as frozen, at every restart. A device that cannot be used is left to the load to report.
+    """
+    try:
+        resolved = resolve_device(device)
+        if resolved.type == "cuda":
+            square = torch.ones(8, 8, device=resolved)
+            (square @ square).sum().item()
+    except Exception as exc:  # noqa: BLE001 - the load reports it, through EngineStatus
+        log.warning("could not prepare %s before loading (the load will report it): %s", device, exc)
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
