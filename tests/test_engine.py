@@ -10,7 +10,6 @@ import asyncio
 import http.client
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -289,12 +288,17 @@ def test_a_non_finite_logit_is_a_clear_error_and_never_a_score(tiny_roberta: Pat
     model.save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(tiny_roberta).save_pretrained(tmp_path)
     with serving(create_app(service_settings(tmp_path))) as server:
-        score = httpx.post(server.url + "/score", json={"texts": ["hello", "you"]}, timeout=30)
+        texts = ["a much longer text than the others", "hello", "you", "a", "b", "c", "d"]
+        score = httpx.post(server.url + "/score", json={"texts": texts}, timeout=30)
         reward = httpx.post(server.url + "/get_reward", json={"query": ["hello"]}, timeout=30)
         metrics = httpx.get(server.url + "/metrics").text
     assert score.status_code == 500, score.text
-    # The first such input the engine met (its batches are sorted by length, not by index).
-    assert re.search(r"non-finite logits \[nan, inf\] for input [01];", score.json()["detail"])
+    # Every such input of the batch in index order, although the engine meets them in length order,
+    # the first five with their logits.
+    assert score.json()["detail"].startswith(
+        "the model gave non-finite logits for inputs 0 [nan, inf], 1 [nan, inf], 2 [nan, inf], "
+        "3 [nan, inf], 4 [nan, inf] and 2 more; no score is made up"
+    ), score.json()["detail"]
     assert reward.status_code == 500 and "non-finite" in reward.text
     assert 'route="/score",scorer="roberta-hate",status="500"} 1.0' in metrics
 

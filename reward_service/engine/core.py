@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_MS = 200
 EXIT_MODEL_BROKEN = 70
+# How many inputs with non-finite logits an error names, lowest index first.
+NAMED_BAD_INPUTS = 5
 
 
 @dataclass
@@ -346,19 +348,12 @@ class EngineCore:
         )
         self._last_completed = now
         finite = np.isfinite(logits).all(axis=1)
-        for item, row, row_is_finite in zip(in_flight.items, logits, finite, strict=True):
+        if not finite.all():
+            self._fail_non_finite(in_flight.items, logits, finite)
+        for item, row in zip(in_flight.items, logits, strict=True):
             request = item.request
             request.remaining_tokens -= item.length
             if request.cancelled:
-                continue
-            if not row_is_finite:
-                # NaN or inf (an fp16 overflow, broken weights): no score can be made of it.
-                log.error("engine for %s: non-finite logits %s", self.config.scorer, row.tolist())
-                self._fail_request(
-                    request,
-                    f"the model gave non-finite logits {row.tolist()} for input {item.index}; "
-                    "no score is made up for it",
-                )
                 continue
             if request.logits is None:
                 request.logits = np.empty((len(request.lengths), logits.shape[1]), dtype=protocol.LOGIT_DTYPE)
@@ -375,6 +370,26 @@ class EngineCore:
                     self.admission.tokens_per_s or 0.0,
                 )
                 self._send(request.client, scored)
+
+    def _fail_non_finite(self, items: list[BatchItem], logits: np.ndarray, finite: np.ndarray) -> None:
+        """Fail each request with a NaN or inf logit in this batch (an fp16 overflow, broken weights):
+        no score can be made of it. The error names its bad inputs in index order."""
+        bad: dict[int, list[tuple[int, list[float]]]] = {}
+        for item, row, row_is_finite in zip(items, logits, finite, strict=True):
+            if not row_is_finite and not item.request.cancelled:
+                bad.setdefault(id(item.request), []).append((item.index, row.tolist()))
+        requests = {id(item.request): item.request for item in items}
+        for key, inputs in bad.items():
+            inputs.sort()
+            log.error("engine for %s: non-finite logits for inputs %s", self.config.scorer, inputs)
+            named = ", ".join(f"{index} {row}" for index, row in inputs[:NAMED_BAD_INPUTS])
+            more = len(inputs) - NAMED_BAD_INPUTS
+            self._fail_request(
+                requests[key],
+                f"the model gave non-finite logits for input{'s' if len(inputs) > 1 else ''} {named}"
+                + (f" and {more} more" if more > 0 else "")
+                + "; no score is made up for them",
+            )
 
     def _fail(self, batch: list[BatchItem], exc: Exception) -> None:
         log.error("engine for %s failed on a batch of %d items", self.config.scorer, len(batch), exc_info=exc)
