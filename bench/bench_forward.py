@@ -13,6 +13,10 @@ GOMP_SPINCOUNT; compare with it unset):
 
     python -m bench.bench_forward --stand-in tiny --threads 1,2 --padding 512,none --attention padded,per-item
     GOMP_SPINCOUNT=10000 python -m bench.bench_forward --threads 1,2 --padding 2048 --attention per-item
+
+`--gap-ms` sleeps between requests, as the engine waits while a lone client and its front end do
+their part of each round trip: the forward after such a gap, with the OpenMP threads asleep and the
+caches cooled, is the one a lone request gets through the service.
 """
 
 from __future__ import annotations
@@ -64,9 +68,9 @@ def cut(request: list[np.ndarray], padding_limit: int | None) -> list[list[np.nd
 
 
 def lone_forward_ms(
-    runner: ModelRunner, requests: list[list[np.ndarray]], padding_limit: int | None
+    runner: ModelRunner, requests: list[list[np.ndarray]], padding_limit: int | None, gap_ms: float = 0.0
 ) -> list[float]:
-    """Milliseconds per request, scheduling included, after a warm-up."""
+    """Milliseconds per request, scheduling included, after a warm-up, `gap_ms` idle between requests."""
     times = []
     for number, request in enumerate(requests):
         started = time.perf_counter()
@@ -74,6 +78,8 @@ def lone_forward_ms(
             runner.collect(runner.launch(batch))
         if number >= WARM_UP_REQUESTS:
             times.append((time.perf_counter() - started) * 1000)
+        if gap_ms:
+            time.sleep(gap_ms / 1000)
     return times
 
 
@@ -117,7 +123,13 @@ def main() -> None:
     parser.add_argument(
         "--attention", default="padded,per-item", help=f"comma-separated, of {', '.join(ATTENTIONS)}"
     )
+    parser.add_argument(
+        "--gap-ms", default="0", help="comma-separated idle milliseconds between requests (0: back to back)"
+    )
     args = parser.parse_args()
+    gaps = [float(gap) for gap in args.gap_ms.split(",")]
+    if min(gaps) < 0:
+        parser.error("--gap-ms must not be negative")
     if unknown := set(args.attention.split(",")) - set(ATTENTIONS):
         parser.error(f"--attention: unknown {sorted(unknown)}; choose from {list(ATTENTIONS)}")
     if args.requests <= WARM_UP_REQUESTS:
@@ -137,7 +149,8 @@ def main() -> None:
         )
     tokens = [len(ids) for request in requests for ids in request]
     print(f"{len(requests)} requests of {args.pairs} pairs, {statistics.mean(tokens):.0f} tokens per pair")
-    header = f"{'threads':>7} {'padding':>8} {'attention':>9} {'batches':>8} {'p50 ms':>8} {'p90 ms':>8}"
+    header = f"{'threads':>7} {'padding':>8} {'attention':>9} {'gap ms':>6} {'batches':>8} {'p50 ms':>8}"
+    header += f" {'p90 ms':>8}"
     print(f"{header} {'in SDPA':>8} {'spin ms':>8}")
     torch.set_grad_enabled(False)
     for threads in (int(t) for t in args.threads.split(",")):
@@ -146,14 +159,15 @@ def main() -> None:
             limit = None if limit_text == "none" else int(limit_text)
             batches = statistics.mean(len(cut(request, limit)) for request in requests)
             for attention, runner in runners.items():
-                times = lone_forward_ms(runner, requests, limit)
                 share = attention_share(runner, requests[: WARM_UP_REQUESTS * 2], limit)
                 spin = spin_after_ms(runner, requests[0], limit)
-                p90 = statistics.quantiles(times, n=10)[-1]
-                print(
-                    f"{threads:>7} {limit_text:>8} {attention:>9} {batches:>8.2f}"
-                    f" {statistics.median(times):>8.2f} {p90:>8.2f} {share:>7.0%} {spin:>8.2f}"
-                )
+                for gap in gaps:
+                    times = lone_forward_ms(runner, requests, limit, gap)
+                    p90 = statistics.quantiles(times, n=10)[-1]
+                    print(
+                        f"{threads:>7} {limit_text:>8} {attention:>9} {gap:>6g} {batches:>8.2f}"
+                        f" {statistics.median(times):>8.2f} {p90:>8.2f} {share:>7.0%} {spin:>8.2f}"
+                    )
 
 
 if __name__ == "__main__":
