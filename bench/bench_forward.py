@@ -149,9 +149,10 @@ def main() -> None:
         )
     tokens = [len(ids) for request in requests for ids in request]
     print(f"{len(requests)} requests of {args.pairs} pairs, {statistics.mean(tokens):.0f} tokens per pair")
-    header = f"{'threads':>7} {'padding':>8} {'attention':>9} {'gap ms':>6} {'batches':>8} {'p50 ms':>8}"
-    header += f" {'p90 ms':>8}"
-    print(f"{header} {'in SDPA':>8} {'spin ms':>8}")
+    print(
+        f"{'threads':>7} {'padding':>8} {'attention':>9} {'gap ms':>6} {'batches':>8} {'p50 ms':>8}"
+        f" {'p90 ms':>8} {'in SDPA':>8} {'spin ms':>8}"
+    )
     torch.set_grad_enabled(False)
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)

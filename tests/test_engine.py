@@ -293,8 +293,8 @@ def test_a_non_finite_logit_is_a_clear_error_and_never_a_score(tiny_roberta: Pat
         reward = httpx.post(server.url + "/get_reward", json={"query": ["hello"]}, timeout=30)
         metrics = httpx.get(server.url + "/metrics").text
     assert score.status_code == 500, score.text
-    # Every such input of the batch in index order, although the engine meets them in length order,
-    # the first five with their logits.
+    # The batch's bad inputs in index order (the engine meets them in length order, the longest
+    # text, input 0, last): the first five with their logits, then how many more.
     assert score.json()["detail"].startswith(
         "the model gave non-finite logits for inputs 0 [nan, inf], 1 [nan, inf], 2 [nan, inf], "
         "3 [nan, inf], 4 [nan, inf] and 2 more; no score is made up"

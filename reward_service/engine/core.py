@@ -374,18 +374,17 @@ class EngineCore:
     def _fail_non_finite(self, items: list[BatchItem], logits: np.ndarray, finite: np.ndarray) -> None:
         """Fail each request with a NaN or inf logit in this batch (an fp16 overflow, broken weights):
         no score can be made of it. The error names its bad inputs in index order."""
-        bad: dict[int, list[tuple[int, list[float]]]] = {}
+        bad: dict[int, tuple[QueuedRequest, list[tuple[int, list[float]]]]] = {}
         for item, row, row_is_finite in zip(items, logits, finite, strict=True):
             if not row_is_finite and not item.request.cancelled:
-                bad.setdefault(id(item.request), []).append((item.index, row.tolist()))
-        requests = {id(item.request): item.request for item in items}
-        for key, inputs in bad.items():
+                bad.setdefault(id(item.request), (item.request, []))[1].append((item.index, row.tolist()))
+        for request, inputs in bad.values():
             inputs.sort()
             log.error("engine for %s: non-finite logits for inputs %s", self.config.scorer, inputs)
             named = ", ".join(f"{index} {row}" for index, row in inputs[:NAMED_BAD_INPUTS])
             more = len(inputs) - NAMED_BAD_INPUTS
             self._fail_request(
-                requests[key],
+                request,
                 f"the model gave non-finite logits for input{'s' if len(inputs) > 1 else ''} {named}"
                 + (f" and {more} more" if more > 0 else "")
                 + "; no score is made up for them",
