@@ -4,15 +4,16 @@ the way the engine cuts them, with no HTTP, tokenization or sockets.
 Each request's pairs are tokenized up front; the engine's `FairScheduler` cuts it into batches
 (under a padding limit, as `REWARD_MAX_BATCH_PADDING_TOKENS` sets) and the engine's `ModelRunner`
 runs them, for every combination of intra-op threads, padding limit and attention asked for
-(`padded`: SDPA over the padded batch; `per-item`: each item's own tokens, the CPU engine's).
+(`padded`: SDPA over the padded batch; `per-item`: attention on each item's own tokens; `packed`:
+the other layers on the real tokens too, the CPU engine's).
 This is the floor under a lone request's latency through the service (`bench_service`'s `1xN`),
 and the share of it that attention takes (`torch.profiler`) says whether a front-end change could
 reach a target. `spin ms` is the CPU time the process burns in the 20 ms after a forward, while
 OpenMP's threads spin waiting for more work: a core the front end cannot use (the engine sets
 GOMP_SPINCOUNT; compare with it unset):
 
-    python -m bench.bench_forward --stand-in tiny --threads 1,2 --padding 512,none --attention padded,per-item
-    GOMP_SPINCOUNT=10000 python -m bench.bench_forward --threads 1,2 --padding 2048 --attention per-item
+    python -m bench.bench_forward --stand-in tiny --threads 1,2 --padding 512,none
+    GOMP_SPINCOUNT=10000 python -m bench.bench_forward --threads 1,2 --padding 2048 --attention packed
 
 `--gap-ms` sleeps between requests, as the engine waits while a lone client and its front end do
 their part of each round trip: the forward after such a gap, with the OpenMP threads asleep and the
@@ -40,8 +41,8 @@ WARM_UP_REQUESTS = 10
 # Large enough that one request's items are always one window (the engine's defaults are larger).
 MAX_BATCH_TOKENS = 16_384
 MAX_BATCH_ITEMS = 256
-# --attention: ModelRunner's per_item_attention for each.
-ATTENTIONS = {"padded": False, "per-item": True}
+# --attention: ModelRunner's (per_item_attention, pack_tokens) for each.
+ATTENTIONS = {"padded": (False, False), "per-item": (True, False), "packed": (True, True)}
 # How long after a forward `spin_after_ms` watches the process's CPU time.
 SPIN_WINDOW_S = 0.02
 
@@ -121,7 +122,7 @@ def main() -> None:
         "--padding", default="512,none", help="comma-separated padding limits ('none': no limit)"
     )
     parser.add_argument(
-        "--attention", default="padded,per-item", help=f"comma-separated, of {', '.join(ATTENTIONS)}"
+        "--attention", default="padded,per-item,packed", help=f"comma-separated, of {', '.join(ATTENTIONS)}"
     )
     parser.add_argument(
         "--gap-ms", default="0", help="comma-separated idle milliseconds between requests (0: back to back)"
@@ -143,10 +144,12 @@ def main() -> None:
     for attention in args.attention.split(","):
         classifier = load_classifier(model, device, dtype)  # one each: per-item attention changes it
         pad = classifier.config.pad_token_id or 0
-        per_item = ATTENTIONS[attention]
+        per_item, pack = ATTENTIONS[attention]
         runners[attention] = ModelRunner(
-            classifier, device, pad, MAX_BATCH_TOKENS, per_item_attention=per_item
+            classifier, device, pad, MAX_BATCH_TOKENS, per_item_attention=per_item, pack_tokens=pack
         )
+        if pack and runners[attention].packing is None:
+            parser.error(f"{model}: its tokens cannot be packed (the log says why)")
     tokens = [len(ids) for request in requests for ids in request]
     print(f"{len(requests)} requests of {args.pairs} pairs, {statistics.mean(tokens):.0f} tokens per pair")
     print(

@@ -161,16 +161,61 @@ def test_a_cpu_encoder_runs_attention_per_item_with_the_padded_batchs_logits(tin
     texts = ["Hi", "Have a lovely day, friend. " * 20, "You are terrible and i hate you.", "ok", "a b " * 40]
     ids = [np.array(direct.tokenizer(t)["input_ids"], dtype=np.int32) for t in texts]
     logits = {}
-    for per_item in (None, False):  # None: the runner's choice on a CPU
+    # (per_item_attention, pack_tokens): the runner's choice on a CPU (attention per item and the
+    # other layers on the real tokens), attention per item alone, and the padded batch throughout.
+    for per_item, pack in ((None, True), (True, False), (False, True)):
         model = AutoModelForSequenceClassification.from_pretrained(tiny_roberta).eval()
         runner = ModelRunner(
-            model, torch.device("cpu"), model.config.pad_token_id, 4096, per_item_attention=per_item
+            model,
+            torch.device("cpu"),
+            model.config.pad_token_id,
+            4096,
+            per_item_attention=per_item,
+            pack_tokens=pack,
         )
-        logits[per_item] = runner.collect(runner.launch(ids))
-        assert (model.config._attn_implementation == per_item_attention.NAME) is (per_item is None)
-    assert logits[None].tolist() == [pytest.approx(row, abs=1e-5) for row in logits[False].tolist()]
-    for row, item in zip(logits[None].tolist(), ids, strict=True):
+        logits[per_item, pack] = runner.collect(runner.launch(ids))
+        assert (model.config._attn_implementation == per_item_attention.NAME) is (per_item is not False)
+        assert (runner.packing is not None) is (per_item is None)
+    for row, item in zip(logits[None, True].tolist(), ids, strict=True):
         assert row == pytest.approx(direct.logits_of_ids(item.tolist()), abs=1e-5)
+    for other in (logits[True, False], logits[False, True]):
+        assert logits[None, True].tolist() == [pytest.approx(row, abs=1e-5) for row in other.tolist()]
+
+
+class _LayoutReadingLayer(torch.nn.Module):
+    """An encoder layer's stand-in that reads the batch's layout, as a layer with a position bias of
+    its own might: its output depends on the width of the rows it is given."""
+
+    def __init__(self, layer: torch.nn.Module, raises: bool) -> None:
+        super().__init__()
+        self.layer = layer
+        self.raises = raises
+
+    def forward(self, hidden: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if self.raises and hidden.shape[0] == 1:
+            raise RuntimeError("this layer takes padded batches only")
+        output = self.layer(hidden, *args, **kwargs)
+        output[..., 0] += hidden.shape[1] / 10  # one feature only: a layer norm does not undo it
+        return output
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["other-logits", "fails"])
+def test_an_encoder_that_packing_would_score_wrongly_runs_unpacked(tiny_roberta: Path, raises: bool) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    direct = DirectScorer(tiny_roberta)
+    texts = ["Hi", "Have a lovely day, friend. " * 8, "ok then"]
+    ids = [np.array(direct.tokenizer(t)["input_ids"], dtype=np.int32) for t in texts]
+    logits = []
+    for pack in (True, False):
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_roberta).eval()
+        layers = model.roberta.encoder.layer
+        layers[0] = _LayoutReadingLayer(layers[0], raises)
+        runner = ModelRunner(model, torch.device("cpu"), model.config.pad_token_id, 4096, pack_tokens=pack)
+        assert runner.packing is None
+        logits.append(runner.collect(runner.launch(ids)))
+    # The packing's check turned it off: the same logits as a runner that never packed.
+    assert logits[0].tolist() == logits[1].tolist()
 
 
 def _random_classifier(architecture: str, attention: str) -> torch.nn.Module:
@@ -200,6 +245,8 @@ def test_batched_scoring_matches_one_at_a_time_for_other_architectures(
     logits = runner.collect(runner.launch(ids))
     if architecture != "Bert":  # per-item attention is for encoders on transformers' attention only
         assert model.config._attn_implementation != per_item_attention.NAME
+    # A BERT encoder on SDPA runs packed: its pooler reads the first token of the padded layout.
+    assert (runner.packing is not None) is (architecture == "Bert" and attention == "sdpa")
     with torch.inference_mode():
         alone = [model(input_ids=torch.from_numpy(item).long()[None]).logits[0].tolist() for item in ids]
     for row, expected in zip(logits.tolist(), alone, strict=True):

@@ -12,6 +12,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,7 +20,14 @@ from transformers import AutoModelForSequenceClassification
 
 from reward_service.model_source import check_model_source
 
+if TYPE_CHECKING:
+    from reward_service.engine.per_item_attention import EncoderPacking
+
 log = logging.getLogger(__name__)
+
+# Item lengths of the batch that checks a model's packing (`ModelRunner._checked_packing`):
+# unequal, so the padded batch has padding to leave out.
+PROBE_LENGTHS = (9, 3, 6)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -100,6 +108,7 @@ class ModelRunner:
         max_batch_tokens: int,
         on_oom_split: Callable[[], None] = lambda: None,
         per_item_attention: bool | None = None,
+        pack_tokens: bool = True,
     ) -> None:
         self.model = model
         self.device = device
@@ -120,13 +129,47 @@ class ModelRunner:
         # item's call would cost kernel launches, and padding is cheap there.
         if per_item_attention is None:
             per_item_attention = device.type == "cpu"
+        # With it, the encoder's other layers on the real tokens too (`EncoderPacking`), unless
+        # `pack_tokens` is False.
+        self.packing: EncoderPacking | None = None
         if per_item_attention and self._attention == "sdpa":
             # Imported here, not at the top: imported at interpreter start (the test engine gate's
             # sitecustomize imports this module), the engine never answered its first heartbeat
             # (test_a_frozen_engine_is_noticed_killed_and_replaced); the cause is not known yet.
-            from reward_service.engine.per_item_attention import use_per_item_attention
+            from reward_service.engine.per_item_attention import EncoderPacking, use_per_item_attention
 
             use_per_item_attention(model)
+            if pack_tokens:
+                self.packing = self._checked_packing(EncoderPacking.attach(model))
+
+    @torch.inference_mode()
+    def _checked_packing(self, packing: EncoderPacking | None) -> EncoderPacking | None:
+        """`packing` if a probe batch of unequal lengths gives the same logits with it as without.
+
+        An encoder whose layers read the batch's layout (a position bias of their own, say) would
+        score packed tokens wrongly, or fail on them: it runs unpacked instead, as before.
+        """
+        if packing is None:
+            return None
+        vocab = int(self._text_config.vocab_size)
+        probe = [(np.arange(length, dtype=np.int64) * 7 + 3) % vocab for length in PROBE_LENGTHS]
+        packing.enabled = False
+        padded = self._forward(probe).float()
+        packing.enabled = True
+        try:
+            gap = (self._forward(probe).float() - padded).abs().max().item()
+        except Exception as exc:  # noqa: BLE001 - whatever the failure, this model is not packed
+            failure: str | None = f"failed on a probe batch: {exc}"
+        else:
+            dtype = next(self.model.parameters()).dtype
+            tolerance = torch.finfo(dtype).eps ** 0.5 * max(1.0, padded.abs().max().item())
+            # Written so that a NaN gap fails too.
+            failure = None if gap <= tolerance else f"gave logits up to {gap:.3g} from the padded batch's"
+        if failure is None:
+            return packing
+        packing.enabled = False
+        log.warning("%s: packing its tokens %s; it runs unpacked", type(self.model).__name__, failure)
+        return None
 
     @torch.inference_mode()
     def launch(self, sequences: list[np.ndarray]) -> LaunchedBatch:
