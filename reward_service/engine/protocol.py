@@ -100,9 +100,10 @@ class EngineStatus(msgspec.Struct, tag=True, frozen=True):
     card: ModelCard | None = None
 
 
-# Padding tokens a CPU batch may carry before the rest of its window goes into another batch. With
-# attention run item by item (`per_item_attention`), padding costs only the other layers, about
-# half a real token: for the tiny stand-in on one thread another batch pays for itself once it saves
+# Padding tokens a CPU batch may carry before the rest of its window goes into another batch. An
+# encoder packed on its real tokens (`per_item_attention.EncoderPacking`) pays for padding only in
+# its embeddings and head; unpacked, with attention item by item, padding cost about half a real
+# token: for the tiny stand-in on one thread another batch paid for itself once it saved
 # about 2,000 tokens of padding (a lone 16-pair request: 8.1 ms as one batch, 8.5 ms as two under a
 # limit of 512; docs/benchmarks.md).
 CPU_BATCH_PADDING_TOKENS = 2048
