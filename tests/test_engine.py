@@ -491,7 +491,9 @@ def test_a_frozen_engine_is_noticed_killed_and_replaced(
 def test_an_engine_frozen_while_it_starts_is_killed_and_replaced(tiny_roberta: Path) -> None:
     # Frozen while it still imports (no socket bound yet, so no heartbeat could go unanswered):
     # without the start limit it was never noticed and the scorer stayed "loading" for good.
-    settings = service_settings(tiny_roberta, engine_start_timeout_s=4.0, engine_standby=False)
+    # 8 s: under two test workers on a loaded 2-core machine the replacement's imports once took
+    # over 4 s, and it was killed in turn (two restarts where one was due).
+    settings = service_settings(tiny_roberta, engine_start_timeout_s=8.0, engine_standby=False)
     app = create_app(settings)
     with serving(app, ready_path=None) as server:
         supervisor = app.state.registry.engines.supervisor("roberta-hate")
