@@ -103,9 +103,8 @@ class ServiceSettings(BaseSettings):
         ge=0,
         description="Padding tokens (padded size - real tokens) one batch may carry before the "
         f"longer items waiting go into another batch. Unset: {CPU_BATCH_PADDING_TOKENS} on a CPU, "
-        "where another batch costs about 1 ms and padding little (an encoder runs on its real tokens only); "
-        "no limit on a GPU, "
-        "where each batch costs its kernel launches.",
+        "where another batch costs about 1 ms and padding little (an encoder runs on its real tokens "
+        "only); no limit on a GPU, where each batch costs its kernel launches.",
     )
     max_wait_ms: float = Field(
         default=0.0,
