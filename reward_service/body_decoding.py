@@ -148,7 +148,9 @@ def _decode(body: bytes, guard: type[msgspec.Struct]) -> dict[str, Any]:
         kind, words = _PYDANTIC_TYPE_ERRORS.get(match["expected"], ("type_error", match["what"]))
         loc = ("body", *_loc(match["path"]))
         raise RequestValidationError([{"type": kind, "loc": loc, "msg": words, "input": None}]) from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
+        # RecursionError: a value nested deeper than msgspec follows (about 1,000 levels), which
+        # `json.loads` refuses too (FastAPI's 400).
         raise _Undecodable from None
     return _builtins(keys)
 
@@ -162,7 +164,7 @@ def _builtins(keys: msgspec.Struct) -> dict[str, Any]:
         if isinstance(value, msgspec.Raw):
             try:
                 value = msgspec.json.decode(value)
-            except msgspec.DecodeError:  # e.g. an integer beyond 64 bits, which json.loads takes
+            except (msgspec.DecodeError, RecursionError):  # e.g. an integer beyond 64 bits
                 raise _Undecodable from None
         elif isinstance(value, msgspec.Struct):
             value = _builtins(value)

@@ -93,6 +93,62 @@ def test_hand_made_hostile_bodies_are_rejected_cleanly(
     _assert_4xx_with_message(_post_raw(live_service, body, content_type), status)
 
 
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+# A small body with a deeply nested value where an option or label goes: msgspec gives up on it
+# with RecursionError while skipping it, which must be a 4xx like any other undecodable body.
+# Each route answers in its own protocol's shape (ours `detail`, vLLM's `error.message`, TEI's `error`).
+NESTED_OPTIONS = [
+    ("/score", '{"texts": ["a"], "score_on": %s}', "detail"),
+    ("/score/roberta-hate", '{"texts": ["a"], "return_labels": %s}', "detail"),
+    ("/get_reward", '{"query": ["a"], "labels": [%s]}', "detail"),
+    ("/slime/reward", '{"prompt": "a", "response": "b", "label": %s}', "detail"),
+    ("/classify", '{"input": ["a"], "use_activation": %s}', "vllm"),
+    ("/predict", '{"inputs": "a", "raw_scores": %s}', "tei"),
+    ("/", '{"inputs": "a", "parameters": {"top_k": %s}}', "tei"),
+]
+BROKEN_BODIES = [
+    ("/classify", b'{"input": ["h\xff"]}', "vllm"),
+    ("/predict", b'{"inputs": "h\xff"}', "tei"),
+    ("/classify", b'{"input": ' + _nested(3000).encode() + b"}", "vllm"),
+]
+
+
+def _assert_refused_in_shape(response: httpx.Response, shape: str) -> None:
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    body = response.json()
+    if shape == "vllm":
+        assert body["error"]["message"] and body["error"]["code"] == response.status_code
+    elif shape == "tei":
+        assert isinstance(body["error"], str) and body["error"] and body["error_type"]
+    else:
+        assert body["detail"]
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+@pytest.mark.parametrize(("path", "template", "shape"), NESTED_OPTIONS)
+def test_a_deeply_nested_option_is_refused_in_the_routes_shape(
+    live_service: LiveServer, path: str, template: str, shape: str, depth: int
+) -> None:
+    body = (template % _nested(depth)).encode()
+    response = httpx.post(
+        live_service.url + path, content=body, headers={"content-type": "application/json"}, timeout=60
+    )
+    _assert_refused_in_shape(response, shape)
+
+
+@pytest.mark.parametrize(("path", "body", "shape"), BROKEN_BODIES)
+def test_a_body_that_cannot_be_parsed_is_refused_in_the_routes_shape(
+    live_service: LiveServer, path: str, body: bytes, shape: str
+) -> None:
+    response = httpx.post(
+        live_service.url + path, content=body, headers={"content-type": "application/json"}, timeout=60
+    )
+    _assert_refused_in_shape(response, shape)
+
+
 def test_control_characters_and_emoji_are_scored(live_service: LiveServer) -> None:
     texts = ["\x00\x01\x1b[31m\u202e", "🔥💀🤬" * 50, "\ud7ff\ufffd", "", " "]
     response = httpx.post(live_service.url + "/score", json={"texts": texts})

@@ -1,5 +1,6 @@
-"""Errors in each protocol's own shape: a route class that catches what the shared scoring path and
-request validation raise on that protocol's routes, and answers it as that protocol's clients expect.
+"""Errors in each protocol's own shape: a route class that catches what the shared scoring path,
+request validation and FastAPI's body parsing raise on that protocol's routes, and answers it as
+that protocol's clients expect.
 
 Answers given before a route runs (401, body too large, shutting down) take the same shape through
 `reward_service.protocols.error_body_for`.
@@ -13,6 +14,7 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from reward_service.body_decoding import DecodedBodyRoute
 from reward_service.errors import InvalidInput, ServiceError
@@ -43,6 +45,9 @@ def protocol_route(error_body: ErrorBody) -> type[DecodedBodyRoute]:
                 except RequestValidationError as exc:
                     status, body = error_body(InvalidInput.status_code, validation_message(exc), exc)
                     return JSONResponse(body, status_code=status)
+                except HTTPException as exc:  # FastAPI's own (Starlette's class), e.g. a body it cannot parse
+                    status, body = error_body(exc.status_code, str(exc.detail), exc)
+                    return JSONResponse(body, status_code=status, headers=exc.headers)
                 except ServiceError as exc:
                     status, body = error_body(exc.status_code, exc.detail, exc)
                     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
