@@ -149,6 +149,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     _header_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
     _header_bytes = 0
+    _header_tail = b""  # the last bytes of the headers so far, where their blank line may begin
     _reading_headers = False
     # The parser has reached the end of the last request (its body included): what comes next is
     # the next request. A request answered before its body was read has not.
@@ -203,16 +204,25 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         # A finished request has a cycle; the first one's headers are awaited from connection_made.
         if not self._reading_headers and self._between_requests and self.cycle.response_complete:
             self._await_headers()  # the next request on a kept-alive connection
+        if self._reading_headers and self._headers_overflow(data):
+            self._reject(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+                "request line and headers exceed REWARD_MAX_HEADER_BYTES",
+            )
+            return
         super().data_received(data)
-        if self._reading_headers and not self.transport.is_closing():
-            # Only bytes of a request whose headers are still incomplete count: a chunk that
-            # completes them (and carries body bytes) has already cleared _reading_headers.
+        if self._reading_headers:  # still incomplete: this chunk was all headers
             self._header_bytes += len(data)
-            if self._header_bytes > self.limits.max_header_bytes:
-                self._reject(
-                    b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
-                    "request line and headers exceed REWARD_MAX_HEADER_BYTES",
-                )
+            self._header_tail = (self._header_tail + data)[-3:]
+
+    def _headers_overflow(self, data: bytes) -> bool:
+        """Whether the headers, with `data` after what has come of them, exceed the limit: true unless
+        their blank line ends within the bytes the limit leaves, so that the chunk completing them
+        counts too and the body bytes after it do not."""
+        room = self.limits.max_header_bytes - self._header_bytes
+        if len(data) <= room:
+            return False
+        return b"\r\n\r\n" not in self._header_tail + data[: max(room, 0)]
 
     def on_headers_complete(self) -> None:
         self._between_requests = False
@@ -228,6 +238,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def _await_headers(self) -> None:
         self._reading_headers = True
         self._header_bytes = 0
+        self._header_tail = b""
         self.awaiting_headers[self] = None
         if self._header_timer is None:
             self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._headers_timed_out)

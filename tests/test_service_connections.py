@@ -116,6 +116,26 @@ def test_a_header_over_the_limit_gets_431_without_being_read_in_full(service: tu
     assert healthz_status(port) == b"HTTP/1.1 200 OK"
 
 
+@pytest.mark.parametrize(("header_bytes", "status"), [(7_000, b"200"), (12_000, b"431")])
+def test_headers_that_arrive_whole_in_one_write_are_held_to_the_limit(
+    service: tuple[int, Path], header_bytes: int, status: bytes
+) -> None:
+    """Headers complete in the chunk that carries them are counted too (REWARD_MAX_HEADER_BYTES is
+    8192 here), with the body that follows them in the same write not counted."""
+    port, _ = service
+    body = b'{"texts": ["hi"]}' + b" " * 20_000
+    head = b"POST /score HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    head += b"Content-Length: %d\r\nX-Big: " % len(body)
+    request = head + b"a" * (header_bytes - len(head) - 4) + b"\r\n\r\n"
+    assert len(request) == header_bytes
+    with connect(port) as sock:
+        try:
+            sock.sendall(request + body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused and closed before all of it was read: the answer is read below
+        assert answer_of(sock).startswith(b"HTTP/1.1 " + status)
+
+
 def test_the_rest_of_a_body_answered_early_is_not_taken_for_headers(service: tuple[int, Path]) -> None:
     """A request answered before its body is read (refused from its headers, or a route that reads
     no body): the body bytes that follow are that request's, not the next one's headers."""
