@@ -124,19 +124,23 @@ async def score_texts(
     truncation_side: TruncationSide | None = None,
     return_labels: bool = False,
     truncate: bool = True,
+    budget_from: float | None = None,
 ) -> ScoreOutput:
     """`scorer`'s scores of `texts` (already checked against the limits), within the request's deadline.
 
     `truncate=False` refuses inputs longer than the model's window (413) instead of cutting them.
+    `budget_from`: the `time.monotonic()` the request's budget counts from, when it is scored in
+    several calls (one deadline for all of them); else now.
     """
     settings = settings_of(request)
     started = time.perf_counter()
     budget_s = request_budget_s(request.headers, settings)
+    deadline = (time.monotonic() if budget_from is None else budget_from) + budget_s
     options = ScoreOptions(
         truncation_side=truncation_side or settings.truncation_side,
         return_labels=return_labels,
         truncate=truncate,
-        deadline=time.monotonic() + budget_s,
+        deadline=deadline,
     )
     output = (
         await _score_within(request, route, scorer, texts, options, budget_s)
@@ -154,14 +158,18 @@ async def _score_within(
     request: Request, route: str, scorer: Scorer, texts: list[str], options: ScoreOptions, budget_s: float
 ) -> ScoreOutput:
     """The scorer's output, or the one ServiceError that says why there is none."""
+    late = DeadlineExceeded(
+        f"scorer '{scorer.name}' could not score {len(texts)} input(s) within the request's deadline "
+        f"({budget_s:.1f} s: {TIMEOUT_HEADER} less a margin, or REWARD_REQUEST_TIMEOUT_S)"
+    )
+    left_s = options.deadline - time.monotonic()
+    if left_s <= 0:  # spent by the request's earlier windows: nothing is started
+        raise late
     try:
-        async with asyncio.timeout(budget_s):
+        async with asyncio.timeout(left_s):
             return await _unless_disconnected(request, scorer.score(texts, options))
     except TimeoutError:
-        raise DeadlineExceeded(
-            f"scorer '{scorer.name}' could not score {len(texts)} input(s) within the request's deadline "
-            f"({budget_s:.1f} s: {TIMEOUT_HEADER} less a margin, or REWARD_REQUEST_TIMEOUT_S)"
-        ) from None
+        raise late from None
     except (ServiceError, ClientGone, asyncio.CancelledError):
         # A shutdown is the only thing that cancels a request; ShutdownGuard answers it with 503.
         raise

@@ -154,8 +154,9 @@ class ServiceSettings(BaseSettings):
     openrlhf_max_items: int = Field(
         default=16_384,
         ge=1,
-        description="Most items in one /get_reward request (OpenRLHF <= 0.9 sends a whole rollout); "
-        "scored in windows of REWARD_MAX_ITEMS_PER_REQUEST, one after the other.",
+        description="Most items in one /get_reward request (OpenRLHF up to v0.9.0 sends a whole "
+        "rollout); scored in windows of REWARD_MAX_ITEMS_PER_REQUEST, one after the other, within the "
+        "request's one deadline.",
     )
     graceful_shutdown_s: int = Field(
         default=30, ge=0, description="On SIGTERM, how long in-flight requests may take before exit."

@@ -106,6 +106,30 @@ def test_a_throttled_judge_answers_504_before_the_clients_deadline_and_stops_ret
     assert 'reward_requests_total{route="/score",scorer="claude-bedrock",status="504"} 1.0' in metrics
 
 
+def test_an_openrlhf_rollout_scored_in_windows_has_one_deadline_for_all_of_them(
+    fake_bedrock: FakeBedrock,
+) -> None:
+    """Three windows of 0.7 s each against a 1.25 s budget (1.5 s less the margin): each fits alone,
+    the second overruns what the first left; the client hears a 504 within the time it said it would
+    wait, not a 200 after it has gone, and the third window never starts."""
+    fake_bedrock.latency_s = 0.7
+    settings = bedrock_settings(fake_bedrock, max_items_per_request=2, openrlhf_max_items=10)
+    with serving(create_app(settings)) as server:
+        started = time.monotonic()
+        response = httpx.post(
+            server.url + "/get_reward",
+            json={"query": [f"sample {i}" for i in range(6)]},
+            headers={TIMEOUT_HEADER: "1500"},
+            timeout=30,
+        )
+        took = time.monotonic() - started
+        time.sleep(0.8)  # a third window, had one started, would have called the judge by now
+        calls = len(fake_bedrock.calls)
+    assert response.status_code == 504 and took < 1.5
+    assert "deadline" in response.json()["detail"]
+    assert calls == 4  # the first two windows' texts
+
+
 @pytest.mark.parametrize("value", ["soon", "0", "-5"])
 def test_a_bad_timeout_header_is_a_422_naming_it(fake_bedrock: FakeBedrock, value: str) -> None:
     with serving(create_app(bedrock_settings(fake_bedrock))) as server:

@@ -54,7 +54,7 @@ def test_get_reward_answers_empty_lists_with_empty_lists(live_service: LiveServe
 
 
 def test_get_reward_scores_a_whole_rollout_in_windows(live_service: LiveServer) -> None:
-    # OpenRLHF <= 0.9 sends rollout_batch_size x n_samples_per_prompt items at once: 2,048 here,
+    # OpenRLHF up to v0.9.0 sends rollout_batch_size x n_samples_per_prompt items at once: 2,048 here,
     # 32 times this service's item limit of 64.
     texts = [f"{LIKE} {i}" if i % 3 else f"{HATE} {i}" for i in range(2048)]
     response = post(

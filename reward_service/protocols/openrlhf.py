@@ -3,15 +3,17 @@
 
 Request `{"query": [...], "prompts": [...], "labels": [...]}`, answer `{"rewards", "scores",
 "extra_logs"}`. `query` is prompt + response decoded with special tokens; they are stripped and the
-rest is scored whole with the default scorer. OpenRLHF up to 0.9 sends a whole rollout in one
+rest is scored whole with the default scorer. OpenRLHF up to v0.9.0 sends a whole rollout in one
 request, so this route takes up to REWARD_OPENRLHF_MAX_ITEMS items and scores them in windows of
-REWARD_MAX_ITEMS_PER_REQUEST; with several URLs it sends empty lists to all but one, answered with
-empty lists. Errors keep the service's `{"detail": ...}`: OpenRLHF only looks at the status.
+REWARD_MAX_ITEMS_PER_REQUEST, all within the request's one deadline; with several URLs it sends
+empty lists to all but one, answered with empty lists. Errors keep the service's `{"detail": ...}`:
+OpenRLHF only looks at the status.
 """
 
 from __future__ import annotations
 
 import re
+import time
 
 from fastapi import APIRouter, Request
 
@@ -68,8 +70,11 @@ async def get_reward(request: Request, body: OpenRLHFRequest) -> OpenRLHFRespons
     scorer = resolve_scorer(request, None)
     window = settings.max_items_per_request
     rewards: list[float] = []
+    started = time.monotonic()  # one deadline for the whole rollout, not one per window
     # One window at a time: a 2,048-item rollout does not take the whole queue from other clients.
     for start in range(0, len(texts), window):
-        output = await score_texts(request, "/get_reward", scorer, texts[start : start + window])
+        output = await score_texts(
+            request, "/get_reward", scorer, texts[start : start + window], budget_from=started
+        )
         rewards.extend(output.scores)
     return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs={})
