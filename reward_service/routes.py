@@ -44,7 +44,8 @@ _ERRORS = {
 
 
 async def _score(request: Request, route: str, scorer_name: str | None, body: ScoreRequest) -> ScoreResponse:
-    scorer = resolve_scorer(request, scorer_name)
+    hint = "leave out 'return_labels'"
+    scorer = resolve_scorer(request, scorer_name, class_logits_hint=hint if body.return_labels else None)
     texts = check_limits(body, settings_of(request))
     output = await score_texts(
         request, route, scorer, texts, truncation_side=body.truncation_side, return_labels=body.return_labels

@@ -32,7 +32,9 @@ class ScoreRequest(_Strict):
         description="For pairs: score query + response (as in the reference pipeline) or the response alone.",
     )
     return_labels: StrictBool = Field(
-        default=False, description="Also return every label's logit and probability per input."
+        default=False,
+        description="Also return every label's logit and probability per input (classifiers only: "
+        "a judge or an ensemble refuses it with 422).",
     )
     truncation_side: TruncationSide | None = Field(
         default=None,

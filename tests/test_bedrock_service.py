@@ -130,6 +130,23 @@ def test_an_openrlhf_rollout_scored_in_windows_has_one_deadline_for_all_of_them(
     assert calls == 4  # the first two windows' texts
 
 
+@pytest.mark.parametrize("scorer", ["claude-bedrock", "safety"])
+def test_labels_asked_of_a_judge_or_an_ensemble_are_a_422_before_any_call(
+    tiny_roberta: Path, fake_bedrock: FakeBedrock, scorer: str
+) -> None:
+    settings = service_settings(
+        tiny_roberta,
+        scorers=["roberta-hate", "claude-bedrock"],
+        ensembles="safety=roberta-hate:0.5,claude-bedrock:0.5",
+        bedrock_endpoint_url=fake_bedrock.url,
+    )
+    with serving(create_app(settings)) as server:
+        response = httpx.post(server.url + f"/score/{scorer}", json={"texts": [LIKE], "return_labels": True})
+    assert response.status_code == 422
+    assert "return_labels" in response.json()["detail"] and scorer in response.json()["detail"]
+    assert fake_bedrock.calls == []  # refused before any paid call
+
+
 @pytest.mark.parametrize("value", ["soon", "0", "-5"])
 def test_a_bad_timeout_header_is_a_422_naming_it(fake_bedrock: FakeBedrock, value: str) -> None:
     with serving(create_app(bedrock_settings(fake_bedrock))) as server:

@@ -95,6 +95,7 @@ def test_classify_without_a_model_uses_the_default_scorer(live_service: LiveServ
         ({"input": LIKE, "activation": False, "use_activation": True}, 400, "disagree"),
         ({"input": [1, 2, 3]}, 400, "input"),
         ({"input": ""}, 400, "must not be empty"),
+        ({"input": [LIKE, ""]}, 400, "'input[1]' must not be empty"),
         ({"input": LIKE, "messages": []}, 400, "messages"),
         ({"input": LIKE, "truncate_prompt_tokens": 16}, 400, "-1"),
         ({"input": LONG_TEXT}, 400, "window of 512 tokens"),

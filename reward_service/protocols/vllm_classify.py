@@ -148,6 +148,8 @@ async def classify(request: Request, body: ClassificationRequest) -> Classificat
     """
     if body.input == "":
         raise InvalidInput("'input' must not be empty")
+    if isinstance(body.input, list) and "" in body.input:
+        raise InvalidInput(f"'input[{body.input.index('')}]' must not be empty")
     if body.model is not None:
         # Checked first: the 404 for an unknown model quotes it, and a lone surrogate cannot be encoded.
         check_texts("model", [body.model], settings_of(request))
