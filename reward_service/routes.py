@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from reward_service.api_key import has_api_key
 from reward_service.body_decoding import DecodedBodyRoute, before_reading_body
 from reward_service.scoring import (
     admit_before_reading,
@@ -15,7 +16,6 @@ from reward_service.scoring import (
     score_texts,
     settings_of,
 )
-from reward_service.security import has_api_key
 from reward_service.validation import check_limits
 from shared.schemas import (
     ErrorBody,

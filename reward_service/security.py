@@ -4,17 +4,25 @@ shutdown; each answers in the error shape of the protocol whose route was asked 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reward_service.api_key import bearer_key_matches
 from reward_service.errors import BodyTooLarge, ServiceError, ShuttingDown, Unauthorized
 from reward_service.protocols import error_body_for
-from reward_service.settings import ServiceSettings
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# Health probes answer without the key (what they say without it is only up or down). TEI's health
+# routes are public in TEI too: `GET /health` and `GET /` (POST / is its prediction alias and needs
+# the key).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/health"})
+OPEN_GETS = frozenset({"/"})
+
+
+def is_open(scope: Scope) -> bool:
+    """Whether this request needs no API key: a health probe."""
+    path = scope["path"]
+    return path in OPEN_PATHS or (path in OPEN_GETS and scope.get("method") in ("GET", "HEAD"))
 
 
 async def _send_error(
@@ -34,26 +42,6 @@ async def _send_error(
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-def bearer_key_matches(headers: Sequence[tuple[bytes, bytes]], api_key: str) -> bool:
-    """Exactly one `Authorization` header, `Bearer <api_key>` (the scheme in any case, RFC 9110
-    11.1). Two headers never match, whichever holds the key: a proxy and the client disagree on who
-    is asking. Constant-time comparison, so the key cannot be guessed byte by byte from response times."""
-    given = [value for name, value in headers if name.lower() == b"authorization"]
-    if len(given) != 1:
-        return False
-    scheme, _, token = given[0].strip().partition(b" ")
-    # Compare even when the scheme is wrong, so that timing does not tell which part was.
-    matches = hmac.compare_digest(token.strip(), api_key.encode())
-    return matches and scheme.lower() == b"bearer"
-
-
-def has_api_key(headers: Sequence[tuple[bytes, bytes]], settings: ServiceSettings) -> bool:
-    """True when no key is configured, or `headers` (raw ASGI headers) carry it."""
-    if settings.api_key is None:
-        return True
-    return bearer_key_matches(headers, settings.api_key.get_secret_value())
 
 
 class ShutdownGuard:
@@ -84,14 +72,14 @@ class ShutdownGuard:
 
 
 class BearerAuth:
-    """Every path but the health probes needs `Authorization: Bearer <key>`."""
+    """Every request but the health probes (`is_open`) needs `Authorization: Bearer <key>`."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
         self._api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or is_open(scope):
             await self.app(scope, receive, send)
             return
         if not bearer_key_matches(scope["headers"], self._api_key):

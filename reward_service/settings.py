@@ -58,7 +58,9 @@ class ServiceSettings(BaseSettings):
         default="auto", description="auto = float16 on GPU, float32 on CPU."
     )
     api_key: SecretStr | None = Field(
-        default=None, description="When set, every route but /healthz and /readyz needs 'Bearer <key>'."
+        default=None,
+        description="When set, every route but the health probes (/healthz, /readyz, TEI's GET /health "
+        "and GET /) needs 'Bearer <key>'.",
     )
     max_items_per_request: int = Field(default=1024, ge=1, description="More items in one request get 413.")
     max_text_chars: int = Field(default=20_000, ge=1, description="A longer text gets 422.")

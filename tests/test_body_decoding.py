@@ -107,7 +107,7 @@ def test_bad_json_in_pieces_is_left_for_fastapi_to_word() -> None:
             "/predict",
             b'"inputs": "hello"',
             422,
-            lambda body: body == {"error": "x: Extra inputs are not permitted", "error_type": "validation"},
+            lambda body: body == {"error": "x: Extra inputs are not permitted", "error_type": "Validation"},
         ),
         ("/", b'"inputs": "hello"', 422, lambda body: body["error"] == "x: Extra inputs are not permitted"),
     ],

@@ -68,7 +68,7 @@ def test_a_large_body_is_validated_as_fastapi_would() -> None:
             "/predict",
             b'"inputs": [',
             422,
-            lambda b: b["error_type"] == "validation" and "inputs" in b["error"],
+            lambda b: b["error_type"] == "Validation" and "inputs" in b["error"],
         ),
     ],
 )

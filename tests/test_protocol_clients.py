@@ -149,13 +149,17 @@ def test_inference_client_health_check_and_endpoint_info(live_service: LiveServe
     assert info["model_type"]["classifier"]["id2label"] == id2label
     assert info["max_client_batch_size"] == scorers["limits"]["max_items_per_request"]
     assert info["max_batch_tokens"] > 0 and info["version"]
+    # Every field TEI's own /info requires.
+    required = {"model_id", "model_dtype", "served_model_name", "model_type", "max_concurrent_requests"}
+    required |= {"max_input_length", "max_batch_tokens", "max_client_batch_size", "auto_truncate", "version"}
+    assert required <= set(info) and info["served_model_name"] == info["model_id"]
 
 
 def test_health_is_503_in_tei_shape_while_the_model_cannot_load(tmp_path: Path) -> None:
     with serving(create_app(service_settings(tmp_path / "missing")), ready_path=None) as server:
         response = httpx.get(server.url + "/health")
         assert InferenceClient(model=server.url, provider="hf-inference").health_check() is False
-    assert response.status_code == 503 and response.json()["error_type"] == "unhealthy"
+    assert response.status_code == 503 and response.json()["error_type"] == "Unhealthy"
 
 
 # Errors before a route runs, in each protocol's shape
@@ -205,11 +209,28 @@ def test_401_and_413_come_in_the_protocols_shape(keyed_service: LiveServer, path
     assert too_large.status_code == 413 and shape(too_large.json(), 413), too_large.text
 
 
-def test_tei_health_and_info_need_the_key_like_every_route(keyed_service: LiveServer) -> None:
+def test_tei_health_needs_no_key_as_in_tei_and_info_needs_it(keyed_service: LiveServer) -> None:
+    # TEI's health routes (GET /health, GET /) are public in TEI; its other routes need the key.
+    assert InferenceClient(model=keyed_service.url, provider="hf-inference").health_check() is True
+    assert httpx.get(keyed_service.url + "/").status_code == 200
+    assert httpx.post(keyed_service.url + "/", json={"inputs": "a"}).status_code == 401
     assert httpx.get(keyed_service.url + "/info").status_code == 401
     assert InferenceClient(model=keyed_service.url, provider="hf-inference", token=KEY).get_endpoint_info()[
         "model_id"
     ]
+
+
+def test_tei_health_without_the_key_says_only_unhealthy(tmp_path: Path) -> None:
+    settings = service_settings(tmp_path / "missing", api_key=KEY)
+    with serving(create_app(settings), ready_path=None) as server:
+        anonymous = httpx.get(server.url + "/health")
+        keyed = httpx.get(server.url + "/health", headers={"Authorization": f"Bearer {KEY}"})
+    assert anonymous.status_code == 503 and anonymous.json() == {
+        "error": "unhealthy",
+        "error_type": "Unhealthy",
+    }
+    assert keyed.status_code == 503 and "is not ready" in keyed.json()["error"]
+    assert anonymous.headers["retry-after"] and keyed.headers["retry-after"]
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])

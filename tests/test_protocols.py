@@ -17,6 +17,17 @@ from harness.metrics import metric
 from harness.reference_scoring import DirectScorer
 from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
+from reward_service.errors import (
+    BodyTooLarge,
+    InputTooLong,
+    NotReady,
+    Overloaded,
+    ServiceError,
+    TooManyItems,
+    Unauthorized,
+    UpstreamTimeout,
+)
+from reward_service.protocols.tei_predict import tei_error
 
 TOL = 1e-4
 LIKE, HATE = "I like you.", "You are terrible and i hate you."
@@ -186,8 +197,9 @@ def test_predict_single_and_batch_shapes_sorted_by_score(
             "contradicts",
         ),
         ({"inputs": LIKE, "truncation_direction": "middle"}, 422, "truncation_direction"),
-        ({"inputs": LONG_TEXT, "truncate": False}, 413, "window of 512 tokens"),
-        ({"inputs": [["x"]] * 65}, 413, "64"),
+        # TEI's statuses: a text over the window without truncation and too many texts are 422s.
+        ({"inputs": LONG_TEXT, "truncate": False}, 422, "window of 512 tokens"),
+        ({"inputs": [["x"]] * 65}, 422, "64"),
     ],
 )
 def test_predict_errors_are_tei_error_bodies(
@@ -195,7 +207,7 @@ def test_predict_errors_are_tei_error_bodies(
 ) -> None:
     response = post(live_service, "/predict", body)
     assert response.status_code == status, response.text
-    assert response.json()["error_type"] == "validation" and needle in response.json()["error"]
+    assert response.json()["error_type"] == "Validation" and needle in response.json()["error"]
 
 
 def test_predict_truncates_long_inputs_on_the_side_asked(
@@ -249,3 +261,22 @@ def test_openrlhf_per_sample_requests_are_batched_and_answered_in_order(
     items, batches = after[0] - before[0], after[1] - before[1]
     assert items == 200
     assert batches < 100, f"{batches} batches for 200 one-sample requests: they were not merged"
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "kind"),
+    [
+        (Overloaded("the queue is full", 1), 429, "Overloaded"),
+        (NotReady("loading", 1), 503, "Unhealthy"),
+        (TooManyItems("65 texts; the limit is 64"), 422, "Validation"),
+        (InputTooLong("over the window"), 422, "Validation"),
+        (BodyTooLarge("body too large"), 413, "Validation"),
+        (UpstreamTimeout("the judge timed out"), 504, "Backend"),
+        (Unauthorized("missing key"), 401, "Unauthorized"),
+    ],
+)
+def test_tei_errors_take_teis_status_and_error_type(error: ServiceError, status: int, kind: str) -> None:
+    """As TEI's router answers them: an overload is its 429, a batch too large or an input over the
+    window its 422 validation error, and error types are its ErrorType variants' names."""
+    sent, body = tei_error(error.status_code, error.detail, error)
+    assert sent == status and body == {"error": error.detail, "error_type": kind}

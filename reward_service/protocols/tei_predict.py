@@ -8,6 +8,7 @@ Errors are TEI's `{"error", "error_type"}`.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -15,10 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from reward_service.activation import default_activation, sigmoid, softmax
 from reward_service.errors import (
+    InputTooLong,
     InvalidInput,
     NotReady,
     Overloaded,
     ShuttingDown,
+    TooManyItems,
     Unauthorized,
     UpstreamFailed,
 )
@@ -100,31 +103,45 @@ class Prediction(BaseModel):
 
 class TEIError(BaseModel):
     error: str
+    # TEI's ErrorType variants as its server writes them (serde's default: the variant's name), and
+    # `Unauthorized` for the 401, which TEI answers with no body.
     error_type: Literal[
-        "validation", "tokenizer", "empty", "overloaded", "unhealthy", "backend", "unauthorized"
+        "Validation", "Tokenizer", "Empty", "Overloaded", "Unhealthy", "Backend", "Unauthorized"
     ]
 
 
 def tei_error(status: int, message: str, exc: Exception) -> tuple[int, dict[str, object]]:
+    """TEI's status and error type for a service error: an overload is TEI's 429, and too many
+    inputs or an input over the window with `truncate: false` TEI's 422 validation error."""
     if isinstance(exc, Unauthorized):
-        kind = "unauthorized"  # TEI itself answers a bare 401
+        kind = "Unauthorized"
     elif isinstance(exc, NotReady | ShuttingDown):
-        kind = "unhealthy"
+        kind = "Unhealthy"
     elif isinstance(exc, Overloaded):
-        kind = "overloaded"
+        kind, status = "Overloaded", HTTPStatus.TOO_MANY_REQUESTS
     elif isinstance(exc, UpstreamFailed) or status >= 500:
-        kind = "backend"
+        kind = "Backend"
     else:
-        kind = "validation"
+        kind = "Validation"
+        if isinstance(exc, TooManyItems | InputTooLong):
+            status = HTTPStatus.UNPROCESSABLE_ENTITY
     return status, TEIError(error=message, error_type=kind).model_dump()
 
 
 _ERRORS = {
     404: {"model": TEIError, "description": "Unknown scorer."},
-    413: {"model": TEIError, "description": "Too many texts, or a text too long with 'truncate': false."},
-    422: {"model": TEIError, "description": "Invalid request; the message names the field."},
+    413: {"model": TEIError, "description": "Body over REWARD_MAX_BODY_BYTES."},
+    422: {
+        "model": TEIError,
+        "description": "Invalid request (the message names the field), too many texts, or a text too "
+        "long with 'truncate': false, as TEI answers them.",
+    },
     424: {"model": TEIError, "description": "A remote scorer refused some inputs for good."},
-    503: {"model": TEIError, "description": "Queue full or scorer not ready; see Retry-After."},
+    429: {
+        "model": TEIError,
+        "description": "Overloaded (queue full, or no time to finish); see Retry-After.",
+    },
+    503: {"model": TEIError, "description": "Scorer not ready, or shutting down; see Retry-After."},
     504: {"model": TEIError, "description": "Not scored within the request's deadline."},
 }
 PredictResponse = list[Prediction] | list[list[Prediction]]
