@@ -4,7 +4,7 @@ verl's own reward loop starts its own reward-model servers and cannot be pointed
 it can point at a server is a custom reward function (`custom_reward_function.path` / `.name`):
 
     custom_reward_function:
-      path: /path/to/shared/verl_reward.py   # or the installed module's file
+      path: pkg://shared.verl_reward         # or this file's path
       name: compute_score                    # compute_score_async, or compute_score_batch
       reward_kwargs:                         # passed to the function by verl
         url: http://rm:8000                  # else $REWARD_SERVICE_URL; several: comma-separated
@@ -67,7 +67,8 @@ def compute_score(
     timeout_s: float = 60.0,
     **kwargs: Any,
 ) -> float:
-    """The reward of one response (verl's naive and prime reward managers call this per sample)."""
+    """The reward of one response (verl's naive and limited reward managers call this per sample; not
+    prime, which would turn a failure into a reward of 0.0: docs/protocols.md)."""
     return _client(url, api_key, timeout_s).score([solution_str], scorer=scorer).scores[0]
 
 

@@ -115,6 +115,18 @@ def test_slime_prompt_may_be_chat_messages(live_service: LiveServer) -> None:
     assert reward == pytest.approx(scores(live_service, ["Be kind.\nSay hi" + LIKE])[0], abs=TOL)
 
 
+def test_slime_prompt_messages_with_null_content_add_no_text(live_service: LiveServer) -> None:
+    # An assistant's tool-call turn in a dataset's messages: `"content": null` beside `tool_calls`.
+    messages = [
+        {"role": "user", "content": "Say hi"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function"}]},
+        {"role": "tool", "content": "hi"},
+    ]
+    response = post(live_service, "/slime/reward", {"prompt": messages, "response": LIKE})
+    assert response.status_code == 200, response.text
+    assert response.json() == pytest.approx(scores(live_service, ["Say hi\nhi" + LIKE])[0], abs=TOL)
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -3,7 +3,8 @@
 slime posts `{"prompt", "response", "label"}` for each sample and takes the JSON it gets back as the
 sample's reward: here a bare number, the default scorer's score of prompt + response, stripped of
 special tokens as `/get_reward` strips a query. `prompt` is text (slime applies the chat template
-when asked) or a list of chat messages, whose contents are joined one per line.
+when asked) or a list of chat messages, whose contents are joined one per line (a message whose
+`content` is null, such as a tool-call turn, adds nothing).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def prompt_text(prompt: str | list[dict[str, object]]) -> str:
         return prompt
     parts = []
     for index, message in enumerate(prompt):
+        if "content" in message and message["content"] is None:
+            continue  # `"content": null`, as chat formats write an assistant's tool-call turn: no text
         content = message.get("content")
         if isinstance(content, list):  # content blocks: keep the text ones
             texts = [block.get("text") for block in content if isinstance(block, dict)]
