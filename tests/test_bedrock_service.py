@@ -12,9 +12,20 @@ from harness.fake_bedrock import FakeBedrock, error_reply
 from harness.live_server import serving
 from harness.service import bedrock_settings, isolate_aws, service_settings
 from reward_service.app import create_app
+from reward_service.settings import ServiceSettings
 from shared.client import TIMEOUT_HEADER
 
 LIKE, HATE = "I like you.", "You are terrible and i hate you."
+
+
+def roberta_judge_and_ensemble(tiny_roberta: Path, fake_bedrock: FakeBedrock) -> ServiceSettings:
+    """RoBERTa, the judge against the fake, and `safety`, the ensemble of the two."""
+    return service_settings(
+        tiny_roberta,
+        scorers=["roberta-hate", "claude-bedrock"],
+        ensembles="safety=roberta-hate:0.5,claude-bedrock:0.5",
+        bedrock_endpoint_url=fake_bedrock.url,
+    )
 
 
 def test_persistent_upstream_failure_is_a_502_with_no_scores(fake_bedrock: FakeBedrock) -> None:
@@ -57,12 +68,7 @@ def test_service_serves_roberta_when_bedrock_is_not_configured(
 def test_ensemble_is_the_weighted_sum_of_its_members_and_returns_them(
     tiny_roberta: Path, fake_bedrock: FakeBedrock
 ) -> None:
-    settings = service_settings(
-        tiny_roberta,
-        scorers=["roberta-hate", "claude-bedrock"],
-        ensembles="safety=roberta-hate:0.5,claude-bedrock:0.5",
-        bedrock_endpoint_url=fake_bedrock.url,
-    )
+    settings = roberta_judge_and_ensemble(tiny_roberta, fake_bedrock)
     texts = [LIKE, HATE]
     with serving(create_app(settings)) as server:
         listed = httpx.get(server.url + "/scorers").json()["scorers"]
@@ -134,12 +140,7 @@ def test_an_openrlhf_rollout_scored_in_windows_has_one_deadline_for_all_of_them(
 def test_labels_asked_of_a_judge_or_an_ensemble_are_a_422_before_any_call(
     tiny_roberta: Path, fake_bedrock: FakeBedrock, scorer: str
 ) -> None:
-    settings = service_settings(
-        tiny_roberta,
-        scorers=["roberta-hate", "claude-bedrock"],
-        ensembles="safety=roberta-hate:0.5,claude-bedrock:0.5",
-        bedrock_endpoint_url=fake_bedrock.url,
-    )
+    settings = roberta_judge_and_ensemble(tiny_roberta, fake_bedrock)
     with serving(create_app(settings)) as server:
         response = httpx.post(server.url + f"/score/{scorer}", json={"texts": [LIKE], "return_labels": True})
     assert response.status_code == 422
