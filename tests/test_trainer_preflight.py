@@ -18,7 +18,8 @@ from harness.tiny_stand_ins import build_tiny_policy  # noqa: E402
 from reward_service.app import create_app  # noqa: E402
 from shared.errors import RewardRequestError, RewardServiceUnavailable  # noqa: E402
 from trainer.cli import eval_main, train_main  # noqa: E402
-from trainer.preflight import PreflightError  # noqa: E402
+from trainer.config import RLAIFArguments  # noqa: E402
+from trainer.preflight import PreflightError, check_reward_service  # noqa: E402
 from trainer.train import _interrupted  # noqa: E402
 
 # Never loaded: every case below must stop before the models are touched.
@@ -200,6 +201,18 @@ def test_an_unknown_scorer_is_named_with_the_ones_served(
     assert "--reward_scorer 'no-such': " in (err := one_line_error(capsys)) and "roberta-hate" in err
     assert train(live_service.url, hh_file, "--eval_scorer", "other") == 2
     assert "--eval_scorer 'other'" in one_line_error(capsys)
+
+
+def test_several_training_scorers_are_each_checked_against_those_served(tiny_roberta: Path) -> None:
+    """`--reward_scorer a,b` (GRPO/RLOO with one reward function per scorer) names two scorers, not
+    one called 'a,b'; each must be served and ready."""
+    settings = service_settings(tiny_roberta, ensembles="half=roberta-hate:0.5")
+    with serving(create_app(settings)) as server:
+        served = RLAIFArguments(dataset_name="x", reward_url=server.url, reward_scorer="roberta-hate, half")
+        check_reward_service(served)  # no error
+        missing = RLAIFArguments(dataset_name="x", reward_url=server.url, reward_scorer="roberta-hate,nope")
+        with pytest.raises(PreflightError, match="--reward_scorer 'nope': .* serves roberta-hate, half"):
+            check_reward_service(missing)
 
 
 def test_a_wrong_or_missing_key_is_reported_and_show_traceback_raises(

@@ -118,9 +118,11 @@ def _check_scorers(args: RLAIFArguments, url: str) -> None:
         raise PreflightError(f"{url}: GET /scorers failed: {exc}") from exc
     except RewardClientError as exc:
         raise PreflightError(f"{url}: GET /scorers failed: {exc}") from exc
-    for flag, name in (("--reward_scorer", args.reward_scorer), ("--eval_scorer", args.eval_scorer)):
-        if name is None:
-            continue
+    # --reward_scorer may name several scorers (comma-separated), one reward function each.
+    named = [("--reward_scorer", name) for name in args.reward_scorers() if name is not None]
+    if args.eval_scorer is not None:
+        named.append(("--eval_scorer", args.eval_scorer))
+    for flag, name in named:
         if name not in served:
             raise PreflightError(f"{flag} {name!r}: {url} serves {', '.join(served)}")
         if not served[name].ready:
