@@ -11,6 +11,7 @@ pytest.importorskip("trl")
 
 from trainer import config as trainer_config  # noqa: E402
 from trainer.config import parse_args  # noqa: E402
+from trainer.usage import UsageError  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CPU = ["--use_cpu", "true"]
@@ -126,3 +127,10 @@ def test_demo_help_answers_without_building_or_starting_anything(
     monkeypatch.setattr(run, "build_stand_ins", never)
     assert run.main(["--help"]) == 0
     assert capsys.readouterr().out.startswith("usage: python -m demo.run")
+
+
+def test_a_config_that_is_not_valid_yaml_is_a_usage_error_naming_the_place(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model_name_or_path: policy\nlearning_rate: [1\n")
+    with pytest.raises(UsageError, match=r"--config .*broken\.yaml: not valid YAML at line \d+, column \d+"):
+        parse_args(["--config", str(broken)])

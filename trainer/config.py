@@ -303,7 +303,13 @@ def requested_algorithm(args: Sequence[str]) -> str:
         elif arg == "--config" and i + 1 < len(args):
             config_file = args[i + 1]
     if found is None and config_file is not None and Path(config_file).is_file():
-        loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise UsageError(f"--config {config_file}: not valid YAML{at}: {problem}") from None
         found = loaded.get("algorithm") if isinstance(loaded, dict) else None
     algorithm = str(found or "ppo").lower()
     if algorithm not in CONFIG_CLASSES:
