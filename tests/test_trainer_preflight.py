@@ -141,6 +141,7 @@ def test_grpo_help_recommends_only_flags_grpo_takes() -> None:
 
 def test_model_paths_are_checked_from_their_config_before_loading(
     live_service: LiveServer,
+    tiny_roberta: Path,
     hh_file: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -161,6 +162,12 @@ def test_model_paths_are_checked_from_their_config_before_loading(
     T5Config(d_model=8, num_layers=1, num_heads=1, d_ff=8, vocab_size=10).save_pretrained(tmp_path / "t5")
     assert policy(str(tmp_path / "t5")) == 2
     assert "sequence-to-sequence (encoder-decoder) model (t5) is not supported" in one_line_error(capsys)
+    # The reward model's folder passed as the policy: RoBERTa has a causal-LM class, but this folder's
+    # head is a 2-label classifier.
+    assert policy(str(tiny_roberta)) == 2
+    assert "a sequence classifier (RobertaForSequenceClassification, 2 labels), not a causal LM" in (
+        one_line_error(capsys)
+    )
     # A hub id that is not cached, with downloads forbidden.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
@@ -297,3 +304,10 @@ def test_only_an_unavailable_service_is_resumable_and_nothing_is_claimed_before_
         stopped = _interrupted(trainer, error)  # type: ignore[arg-type]
         assert not trainer.saved and stopped.checkpoint is None
         assert "nothing to resume" in str(stopped) and "rerun with --resume" not in str(stopped)
+
+
+def test_a_classifier_with_several_labels_is_refused_as_the_critic(tiny_roberta: Path) -> None:
+    from trainer.model_check import ModelPathError, check_model_path
+
+    with pytest.raises(ModelPathError, match="with 2 labels .*PPO's critic has one output"):
+        check_model_path("--value_model_path", str(tiny_roberta), role="value")

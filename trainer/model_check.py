@@ -84,3 +84,26 @@ def check_model_path(
             else "value model (AutoModelForSequenceClassification)"
         )
         raise ModelPathError(f"{flag} {name}: model type {model_type!r} cannot be loaded as a {kind}")
+    _check_head(flag, name, config, role)
+
+
+def _check_head(flag: str, name: str, config: object, role: Role) -> None:
+    """A folder saved with a classification head (a reward model, say) is not a policy, and is a
+    critic only with one output: the model type alone does not say so (RoBERTa has a causal-LM class
+    too), its `architectures` and label count do."""
+    architectures = getattr(config, "architectures", None) or []
+    classifier = next((a for a in architectures if a.endswith("ForSequenceClassification")), None)
+    if classifier is None:
+        return
+    labels = int(getattr(config, "num_labels", 0) or 0)
+    if role == "policy":
+        raise ModelPathError(
+            f"{flag} {name}: a sequence classifier ({classifier}, {labels} labels), not a causal LM: "
+            "the policy is the language model to train (e.g. Qwen/Qwen2.5-0.5B-Instruct); the reward "
+            "model is the service's"
+        )
+    if labels != 1:
+        raise ModelPathError(
+            f"{flag} {name}: a sequence classifier with {labels} labels ({classifier}); PPO's critic "
+            "has one output: pass a causal LM (the critic starts from its backbone) or a one-label model"
+        )
