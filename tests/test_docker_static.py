@@ -448,7 +448,21 @@ def test_every_service_setting_is_documented() -> None:
     assert settings - documented_variables() == set()
 
 
-def test_env_example_documents_credentials_and_sets_nothing() -> None:
+def test_env_example_shows_each_numeric_settings_default() -> None:
+    """`# REWARD_X=value` lines show the default where it is a number: a stale one misleads (the
+    Bedrock attempts once said 3, for a retry mode the service no longer uses, when the default is 8)."""
+    from reward_service.settings import ServiceSettings
+
+    prefix = ServiceSettings.model_config["env_prefix"].upper()
+    text = (ROOT / ".env.example").read_text()
+    checked = 0
+    for name, value in re.findall(r"^#\s*([A-Z][A-Z0-9_]*)=(\S+)$", text, re.MULTILINE):
+        field = ServiceSettings.model_fields.get(name.removeprefix(prefix).lower())
+        default = field.default if field is not None and name.startswith(prefix) else None
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            assert float(value) == default, f"{name}={value} in .env.example; the default is {default}"
+            checked += 1
+    assert checked >= 20
     credentials = {"REWARD_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
     bedrock = {"REWARD_BEDROCK_MODEL_ID", "REWARD_BEDROCK_REGION", "REWARD_ENSEMBLES", "AWS_PROFILE"}
     assert credentials | bedrock | {"HF_TOKEN"} <= documented_variables()

@@ -134,3 +134,12 @@ def test_a_config_that_is_not_valid_yaml_is_a_usage_error_naming_the_place(tmp_p
     broken.write_text("model_name_or_path: policy\nlearning_rate: [1\n")
     with pytest.raises(UsageError, match=r"--config .*broken\.yaml: not valid YAML at line \d+, column \d+"):
         parse_args(["--config", str(broken)])
+
+
+def test_reward_url_defaults_to_the_environments_and_a_flag_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ["--model_name_or_path", "m", "--dataset_name", "d"]
+    monkeypatch.setenv("REWARD_URL", "http://rm:9000")
+    assert parse_args(base)[0].reward_url == "http://rm:9000"
+    assert parse_args([*base, "--reward_url", "http://other:1"])[0].reward_url == "http://other:1"
+    monkeypatch.delenv("REWARD_URL")
+    assert parse_args(base)[0].reward_url == "http://127.0.0.1:8000"

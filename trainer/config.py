@@ -23,6 +23,8 @@ from trl.experimental.ppo import PPOConfig
 from trainer.shipped_configs import shipped_configs, with_shipped_config
 from trainer.usage import UsageError
 
+DEFAULT_REWARD_URL = "http://127.0.0.1:8000"
+
 
 @dataclass
 class RLAIFArguments(ScriptArguments):
@@ -45,10 +47,10 @@ class RLAIFArguments(ScriptArguments):
         },
     )
     reward_url: str = field(
-        default="http://127.0.0.1:8000",
+        default_factory=lambda: os.environ.get("REWARD_URL") or DEFAULT_REWARD_URL,
         metadata={
             "help": "Reward service base URL, or several separated by commas: the client spreads "
-            "requests over them and fails over."
+            f"requests over them and fails over (default: $REWARD_URL, else {DEFAULT_REWARD_URL})."
         },
     )
     reward_scorer: str | None = field(
