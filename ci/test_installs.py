@@ -99,12 +99,21 @@ def test_console_scripts_answer(installed: tuple[str, Path]) -> None:
 
 def test_scripts_of_a_missing_extra_name_the_extra_to_install(installed: tuple[str, Path]) -> None:
     extra, home = installed
-    absent = {"reward-service": "service", "rlaif-train": "train", "rlaif-eval": "train"}
-    for script, needed in absent.items():
+    bin_dir = home / "bin"
+    # The scripts, and the `python -m` forms README gives beside them.
+    absent = [
+        ([str(bin_dir / "reward-service")], "service"),
+        ([str(bin_dir / "python"), "-m", "reward_service"], "service"),
+        ([str(bin_dir / "rlaif-train")], "train"),
+        ([str(bin_dir / "rlaif-eval")], "train"),
+        ([str(bin_dir / "python"), "-m", "trainer"], "train"),
+    ]
+    for command, needed in absent:
         if needed == extra:
             continue
-        done = run([str(home / "bin" / script), "--help"], cwd=home, timeout=300)
-        assert done.returncode == 1, f"{script} without [{needed}]: exit {done.returncode}\n{done.stderr}"
+        done = run([*command, "--help"], cwd=home, timeout=300)
+        shown = " ".join(command[-3:])
+        assert done.returncode == 1, f"{shown} without [{needed}]: exit {done.returncode}\n{done.stderr}"
         assert f'pip install "rlaif-reward[{needed}]"' in done.stderr, done.stderr
 
 
