@@ -69,3 +69,18 @@ def test_no_answer_changed_and_a_mean_near_zero_are_said() -> None:
     assert any("no answer changed" in w for w in warnings)
     assert any("near 0" in w and "change_pct" in w for w in warnings)
     assert report.uncertainty["answers_changed"] == 0
+
+
+def test_scores_that_stop_varying_after_training_are_a_warning_in_the_report() -> None:
+    """The tiny demo's seed 0: every answer after training scores about the classifier's best (std
+    0.0008 against 2 before), from a handful of stock phrases. The headline rises; the report says
+    why it may not mean better answers."""
+    before = [-2.0, 2.0] * 16
+    after = [2.89 + 0.001 * (i % 2) for i in range(32)]
+    report = summarise(_rows(before, after), "roberta-hate", "response", SAMPLING)
+    collapsed = [w for w in report.warnings if "hardly vary" in w]
+    assert len(collapsed) == 1 and "std 0.0005, before 2" in collapsed[0]
+    assert "hardly vary" in render_markdown(report)
+    # A spread that only narrows (here by half) is not flagged.
+    halved = summarise(_rows(before, [x / 2 + 1 for x in before]), "roberta-hate", "response", SAMPLING)
+    assert not any("hardly vary" in w for w in halved.warnings)

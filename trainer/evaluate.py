@@ -36,6 +36,9 @@ EXAMPLES_IN_REPORT = 10
 # Past these, a rising reward may come from answers vanishing (reward hacking): the report says so.
 MAX_EMPTY_SHARE = 0.10
 MIN_LENGTH_RATIO = 0.5
+# Scores after training whose spread is under this share of the spread before: the policy may have
+# collapsed onto the few answers the reward model rates highest.
+MIN_STD_RATIO = 0.1
 
 
 @dataclass
@@ -143,8 +146,13 @@ def change_pct(before: float, after: float) -> float | None:
     return None if before == 0 else 100.0 * (after - before) / abs(before)
 
 
-def hacking_warnings(responses: dict[str, dict[str, float | None]]) -> list[str]:
-    """What in the responses says the reward may have risen for the wrong reason."""
+def hacking_warnings(
+    responses: dict[str, dict[str, float | None]],
+    scores_before: dict[str, float] | None = None,
+    scores_after: dict[str, float] | None = None,
+) -> list[str]:
+    """What in the responses (and the spread of their scores) says the reward may have risen for the
+    wrong reason."""
     before, after = responses["before"], responses["after"]
     warnings = []
     empty_before, empty_after = before["empty_share"] or 0.0, after["empty_share"] or 0.0
@@ -159,6 +167,14 @@ def hacking_warnings(responses: dict[str, dict[str, float | None]]) -> list[str]
             f"the mean answer length fell from {tokens_before:.1f} to {tokens_after:.1f} tokens: "
             "shorter answers may be what the reward rewards"
         )
+    if scores_before is not None and scores_after is not None:
+        std_before, std_after = scores_before["std"], scores_after["std"]
+        if std_before > 0 and std_after < MIN_STD_RATIO * std_before:
+            warnings.append(
+                f"the scores after training hardly vary (std {std_after:.3g}, before {std_before:.3g}): "
+                "the policy may have collapsed onto the few answers the reward model rates highest "
+                "(read the answers in responses.jsonl)"
+            )
     return warnings
 
 
@@ -195,7 +211,7 @@ def summarise(
         hate_share=hate_share,
         sampling=sampling,
         responses=responses,
-        warnings=hacking_warnings(responses),
+        warnings=hacking_warnings(responses, before, after),
         uncertainty=report_uncertainty(
             [r.before_score for r in rows],
             [r.after_score for r in rows],
