@@ -90,9 +90,12 @@ def test_group_configs_pick_their_trainer_and_take_its_flags(name: str, algorith
     assert script.algorithm == algorithm
     assert isinstance(config, {"grpo": GRPOConfig, "rloo": RLOOConfig}[algorithm])
     assert config.num_generations == 8 and config.bf16 is False and config.beta > 0
-    # Flags of another algorithm are refused, not silently ignored.
-    with pytest.raises(SystemExit):
+    # Flags of another algorithm are refused, not silently ignored, and the message says whose they are;
+    # a typo is answered with the flag it is closest to.
+    with pytest.raises(SystemExit, match="--kl_coef is a flag of --algorithm ppo, not of " + algorithm):
         parse_args(["--config", name, *CPU, "--kl_coef", "0.1"])
+    with pytest.raises(SystemExit, match=r"Did you mean --learning_rate\?"):
+        parse_args(["--config", name, *CPU, "--learning_rat", "0.1"])
     # PPO's critic flag is this trainer's own: refused with the reason and not in this --help.
     with pytest.raises(SystemExit, match="only PPO trains a value model"):
         parse_args(["--config", name, *CPU, "--value_model_path", "critic"])

@@ -9,7 +9,9 @@ generation flags (`--output_dir`, `--total_episodes`, `--learning_rate`, `--resp
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -319,6 +321,26 @@ def requested_algorithm(args: Sequence[str]) -> str:
     return algorithm
 
 
+def _flags_of(algorithm: str) -> set[str]:
+    return {
+        option.removeprefix("--") for action in parser(algorithm)._actions for option in action.option_strings
+    }
+
+
+def unknown_flag_hint(message: str, algorithm: str) -> str | None:
+    """For the first flag or YAML key HfArgumentParser did not take: the algorithm whose flag it is,
+    or this algorithm's flag it is closest to (a typo); None if neither."""
+    names = re.findall(r"'(?:--)?([A-Za-z][\w-]*)'", message)
+    if not names:
+        return None
+    name = names[0]
+    owners = [other for other in CONFIG_CLASSES if other != algorithm and name in _flags_of(other)]
+    if owners:
+        return f"--{name} is a flag of --algorithm {' and '.join(owners)}, not of {algorithm}"
+    close = difflib.get_close_matches(name, sorted(_flags_of(algorithm)), n=1, cutoff=0.8)
+    return f"Did you mean --{close[0]}?" if close else None
+
+
 def parse_args(
     argv: Sequence[str] | None = None,
 ) -> tuple[RLAIFArguments, TrainingConfig, ModelConfig]:
@@ -328,9 +350,10 @@ def parse_args(
     try:
         script_args, training_config, model_config = parser(algorithm).parse_args_and_config(args=args)
     except ValueError as exc:  # HfArgumentParser: flags or YAML keys no dataclass takes
+        hint = unknown_flag_hint(str(exc), algorithm)
         raise UsageError(
-            f"{str(exc).rstrip('.')}. Each --algorithm takes its own TRL flags (this run: {algorithm}); see "
-            f"rlaif-train --algorithm {algorithm} --help"
+            f"{str(exc).rstrip('.')}. {hint or 'Each --algorithm takes its own TRL flags'} (this run: "
+            f"{algorithm}); see rlaif-train --algorithm {algorithm} --help"
         ) from exc
     script_args.algorithm = algorithm  # type: ignore[assignment]
     given = [flag for flag in PPO_ONLY_FLAGS if getattr(script_args, flag.removeprefix("--"))]
