@@ -115,6 +115,10 @@ def test_several_scorers_need_matching_weights_and_a_group_algorithm() -> None:
     script, config, _ = parse_args([*base, "--algorithm", "rloo", "--reward_weights", "1.0", "0.5"])
     assert script.reward_scorers() == ["roberta-hate", "claude-bedrock"]
     assert config.reward_weights == [1.0, 0.5]
+    # The evaluation scores with the first of them (one scorer, not "roberta-hate,claude-bedrock").
+    assert script.evaluation_scorer() == "roberta-hate"
+    with pytest.raises(SystemExit, match="a scorer name is empty"):
+        parse_args(["--model_name_or_path", "m", *CPU, "--algorithm", "grpo", "--reward_scorer", "a,"])
     with pytest.raises(SystemExit, match="choose one of ppo, grpo, rloo"):
         parse_args(["--model_name_or_path", "m", "--algorithm", "dpo"])
 

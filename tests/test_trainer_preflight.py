@@ -16,9 +16,11 @@ from harness.live_server import LiveServer, free_port, serving  # noqa: E402
 from harness.service import service_settings  # noqa: E402
 from harness.tiny_stand_ins import build_tiny_policy  # noqa: E402
 from reward_service.app import create_app  # noqa: E402
+from shared.client import RewardClient  # noqa: E402
 from shared.errors import RewardRequestError, RewardServiceUnavailable  # noqa: E402
 from trainer.cli import eval_main, train_main  # noqa: E402
 from trainer.config import RLAIFArguments  # noqa: E402
+from trainer.evaluate import scorer_has_labels  # noqa: E402
 from trainer.preflight import PreflightError, check_reward_service  # noqa: E402
 from trainer.train import _interrupted  # noqa: E402
 
@@ -220,6 +222,11 @@ def test_several_training_scorers_are_each_checked_against_those_served(tiny_rob
         missing = RLAIFArguments(dataset_name="x", reward_url=server.url, reward_scorer="roberta-hate,nope")
         with pytest.raises(PreflightError, match="--reward_scorer 'nope': .* serves roberta-hate, half"):
             check_reward_service(missing)
+        # The evaluation asks for labels (the hate share) only of a scorer that has them: an
+        # ensemble gives one number and refuses return_labels.
+        with RewardClient(server.url) as client:
+            assert scorer_has_labels(client, None) and scorer_has_labels(client, "roberta-hate")
+            assert not scorer_has_labels(client, "half")
 
 
 def test_a_wrong_or_missing_key_is_reported_and_show_traceback_raises(

@@ -84,7 +84,7 @@ def run_evaluation(
             prompt_ids[: script_args.eval_samples],
             client,
             _sampling(script_args, config),
-            scorer=script_args.eval_scorer or script_args.reward_scorer,
+            scorer=script_args.evaluation_scorer(),
             score_on=script_args.score_on,
             before_adapter_disabled=before_adapter_disabled,
             run=run,
@@ -102,7 +102,7 @@ def run_details(
     return {
         "policy": policy,
         "reward_scorer": script_args.reward_scorer or server_default,
-        "eval_scorer": script_args.eval_scorer or script_args.reward_scorer or server_default,
+        "eval_scorer": script_args.evaluation_scorer() or server_default,
         "score_on": script_args.score_on,
         "steps": max((int(e.get("step", 0)) for e in log_history), default=0),
         "algorithm": script_args.algorithm,
@@ -135,7 +135,7 @@ def eval_details(
     details: dict[str, Any] = {
         "evaluated": f"{tuned} ({'LoRA adapter on ' + base if lora else 'full model'})",
         "original": base,
-        "eval_scorer": script_args.eval_scorer or script_args.reward_scorer or server_default,
+        "eval_scorer": script_args.evaluation_scorer() or server_default,
         "score_on": script_args.score_on,
         "dataset": script_args.dataset_name or "Anthropic/hh-rlhf",
         "eval_batch_size": script_args.eval_batch_size,

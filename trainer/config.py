@@ -122,7 +122,10 @@ class RLAIFArguments(ScriptArguments):
     )
     eval_scorer: str | None = field(
         default=None,
-        metadata={"help": "Scorer for the before/after evaluation (default: the training reward's scorer)."},
+        metadata={
+            "help": "Scorer for the before/after evaluation (default: the training reward's scorer, "
+            "the first of several). The hate share needs one with labels (a classifier)."
+        },
     )
     eval_model: str | None = field(
         default=None,
@@ -162,6 +165,10 @@ class RLAIFArguments(ScriptArguments):
 
     def api_key(self) -> str | None:
         return self.reward_api_key or os.environ.get("REWARD_API_KEY")
+
+    def evaluation_scorer(self) -> str | None:
+        """--eval_scorer, else the (first) training scorer; None = the service's default."""
+        return self.eval_scorer or self.reward_scorers()[0]
 
     def reward_scorers(self) -> list[str | None]:
         """The training scorers, in order; [None] = the service's default scorer."""
@@ -365,6 +372,8 @@ def parse_args(
     if not model_config.model_name_or_path:
         raise UsageError("--model_name_or_path is required (a hub id or a local directory)")
     scorers = script_args.reward_scorers()
+    if script_args.reward_scorer is not None and not all(scorers):
+        raise UsageError(f"--reward_scorer {script_args.reward_scorer!r}: a scorer name is empty")
     if algorithm == "ppo" and len(scorers) > 1:
         raise UsageError(
             "--reward_scorer: PPO takes one scorer; combine several into a weighted ensemble on the "

@@ -224,6 +224,14 @@ def summarise(
     )
 
 
+def scorer_has_labels(client: RewardClient, scorer: str | None) -> bool:
+    """Whether `scorer` (None: the service's default) gives a logit per label, so that the report can
+    have the hate share: a judge or an ensemble gives one number and refuses `return_labels`."""
+    listed = client.scorers()
+    name = scorer or listed.default
+    return any(info.name == name and info.labels for info in listed.scorers)
+
+
 def evaluate_policies(
     before_model: PreTrainedModel,
     after_model: PreTrainedModel,
@@ -244,6 +252,7 @@ def evaluate_policies(
     the base with the adapter switched off, so no second copy of an 8B model is loaded.
     """
     queries = [tokenizer.decode(ids, skip_special_tokens=True) for ids in prompt_ids]
+    labelled = scorer_has_labels(client, scorer)
     # One bar over both generations and both scoring calls, counted in responses.
     with tqdm(total=4 * len(queries), desc="evaluation", unit="resp", disable=not show_progress) as bar:
         bar.set_postfix_str("original policy generates")
@@ -257,7 +266,11 @@ def evaluate_policies(
         for responses in (before, after):
             scored.append(
                 client.score(
-                    queries=queries, responses=responses, scorer=scorer, score_on=score_on, return_labels=True
+                    queries=queries,
+                    responses=responses,
+                    scorer=scorer,
+                    score_on=score_on,
+                    return_labels=labelled,
                 )
             )
             bar.update(len(responses))
