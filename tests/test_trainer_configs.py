@@ -139,8 +139,10 @@ def test_demo_help_answers_without_building_or_starting_anything(
 def test_a_config_that_is_not_valid_yaml_is_a_usage_error_naming_the_place(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("model_name_or_path: policy\nlearning_rate: [1\n")
-    with pytest.raises(UsageError, match=r"--config .*broken\.yaml: not valid YAML at line \d+, column \d+"):
-        parse_args(["--config", str(broken)])
+    where = r"--config .*broken\.yaml: not valid YAML at line \d+, column \d+"
+    for argv in (["--config", str(broken)], ["--algorithm", "grpo", "--config", str(broken)]):
+        with pytest.raises(UsageError, match=where):
+            parse_args(argv)
 
 
 def test_reward_url_defaults_to_the_environments_and_a_flag_wins(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,8 +3,10 @@
 import sys
 
 from shared.extras import require_extra
+from trainer.console import quiet_trl
 
 require_extra("python -m trainer", "train")
+quiet_trl()
 
 from trainer.cli import eval_main, train_main  # noqa: E402 - needs the extra checked above
 

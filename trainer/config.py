@@ -313,7 +313,9 @@ def requested_algorithm(args: Sequence[str]) -> str:
             found = args[i + 1]
         elif arg == "--config" and i + 1 < len(args):
             config_file = args[i + 1]
-    if found is None and config_file is not None and Path(config_file).is_file():
+    # The file is read here even when --algorithm is given, so that invalid YAML is one usage line
+    # whichever flags come with it (TRL's parser would raise yaml's error as it is).
+    if config_file is not None and Path(config_file).is_file():
         try:
             loaded = yaml.safe_load(Path(config_file).read_text()) or {}
         except yaml.YAMLError as exc:
@@ -321,7 +323,8 @@ def requested_algorithm(args: Sequence[str]) -> str:
             at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
             problem = getattr(exc, "problem", None) or type(exc).__name__
             raise UsageError(f"--config {config_file}: not valid YAML{at}: {problem}") from None
-        found = loaded.get("algorithm") if isinstance(loaded, dict) else None
+        if found is None and isinstance(loaded, dict):
+            found = loaded.get("algorithm")
     algorithm = str(found or "ppo").lower()
     if algorithm not in CONFIG_CLASSES:
         raise UsageError(f"--algorithm {algorithm}: choose one of {', '.join(CONFIG_CLASSES)}")
@@ -337,7 +340,7 @@ def _flags_of(algorithm: str) -> set[str]:
 def unknown_flag_hint(message: str, algorithm: str) -> str | None:
     """For the first flag or YAML key HfArgumentParser did not take: the algorithm whose flag it is,
     or this algorithm's flag it is closest to (a typo); None if neither."""
-    names = re.findall(r"'(?:--)?([A-Za-z][\w-]*)'", message)
+    names = re.findall(r"'(?:--)?([A-Za-z][\w-]*)(?:=[^']*)?'", message)
     if not names:
         return None
     name = names[0]
