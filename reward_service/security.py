@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reward_service.api_key import bearer_key_matches
 from reward_service.errors import BodyTooLarge, ServiceError, ShuttingDown, Unauthorized
-from reward_service.protocols import error_body_for
+from reward_service.protocols import error_answer_for
 
 # Health probes answer without the key (what they say without it is only up or down). TEI's health
 # routes are public in TEI too: `GET /health` and `GET /` (POST / is its prediction alias and needs
@@ -28,12 +28,13 @@ def is_open(scope: Scope) -> bool:
 async def _send_error(
     send: Send, scope: Scope, error: ServiceError, headers: list[tuple[bytes, bytes]]
 ) -> None:
-    """`error` as JSON, in the shape of the protocol whose route was asked for."""
-    body = json.dumps(error_body_for(scope.get("path", ""), error)).encode()
+    """`error` as JSON, with the status and in the shape of the protocol whose route was asked for."""
+    status, answer = error_answer_for(scope.get("path", ""), error)
+    body = json.dumps(answer).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": error.status_code,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

@@ -17,6 +17,7 @@ from harness.metrics import metric
 from harness.reference_scoring import DirectScorer
 from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
+from reward_service.engine.client import EngineUnavailable
 from reward_service.errors import (
     BodyTooLarge,
     InputTooLong,
@@ -268,6 +269,7 @@ def test_openrlhf_per_sample_requests_are_batched_and_answered_in_order(
     [
         (Overloaded("the queue is full", 1), 429, "Overloaded"),
         (NotReady("loading", 1), 503, "Unhealthy"),
+        (EngineUnavailable("the scoring engine stopped; it is being restarted", 1), 503, "Unhealthy"),
         (TooManyItems("65 texts; the limit is 64"), 422, "Validation"),
         (InputTooLong("over the window"), 422, "Validation"),
         (BodyTooLarge("body too large"), 413, "Validation"),

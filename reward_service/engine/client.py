@@ -37,8 +37,9 @@ class EngineScores:
     inference_s: float
 
 
-class EngineUnavailable(Overloaded):
-    """The engine process is gone (restarting) or not reachable: retrying shortly can help."""
+class EngineUnavailable(NotReady):
+    """The engine process is gone (restarting) or not reachable: retrying shortly can help. Not an
+    overload (TEI's routes answer it as unhealthy, not as a 429)."""
 
 
 class EngineClient:
@@ -151,7 +152,7 @@ class EngineClient:
             return ScoringFailed(f"unexpected answer from the scoring engine: {type(failure).__name__}")
         if failure.kind == "model_error":
             return ScoringFailed(failure.message)
-        if failure.kind == "not_ready":
+        if failure.kind in ("not_ready", "shutting_down"):
             return NotReady(failure.message, self._retry_after_s)
         return Overloaded(failure.message, self._retry_after_s)
 

@@ -19,14 +19,15 @@ protocol_router.include_router(slime.router)
 _TEI_PATHS = ("/", "/predict", "/health", "/info")
 
 
-def error_body_for(path: str, error: ServiceError) -> dict[str, object]:
-    """`error` in the shape of the protocol that `path` belongs to; the service's `{"detail"}` for
-    its own routes. For answers given before a route runs (401, 413, shutting down)."""
+def error_answer_for(path: str, error: ServiceError) -> tuple[int, dict[str, object]]:
+    """The status and body of `error` as the protocol that `path` belongs to answers it; the
+    service's own status and `{"detail"}` for its own routes. For answers given before a route runs
+    (401, 413, shutting down)."""
     if path == "/classify":
-        return vllm_classify.vllm_error(error.status_code, error.detail, error)[1]
+        return vllm_classify.vllm_error(error.status_code, error.detail, error)
     if path in _TEI_PATHS or path.startswith("/predict/"):
-        return tei_predict.tei_error(error.status_code, error.detail, error)[1]
-    return {"detail": error.detail}
+        return tei_predict.tei_error(error.status_code, error.detail, error)
+    return error.status_code, {"detail": error.detail}
 
 
-__all__ = ["error_body_for", "protocol_router"]
+__all__ = ["error_answer_for", "protocol_router"]

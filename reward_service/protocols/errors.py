@@ -3,7 +3,7 @@ request validation and FastAPI's body parsing raise on that protocol's routes, a
 that protocol's clients expect.
 
 Answers given before a route runs (401, body too large, shutting down) take the same shape through
-`reward_service.protocols.error_body_for`.
+`reward_service.protocols.error_answer_for`.
 """
 
 from __future__ import annotations
