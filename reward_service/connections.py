@@ -149,7 +149,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     _header_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
     _header_bytes = 0
-    _header_tail = b""  # the last bytes of the headers so far, where their blank line may begin
+    # The headers of the request just parsed were over the limit: it was refused and the
+    # connection is closing; nothing more of it is parsed into a request.
+    _over_header_limit = False
+    _headers_seen = 0  # requests whose headers the parser has read in full on this connection
     _reading_headers = False
     # The parser has reached the end of the last request (its body included): what comes next is
     # the next request. A request answered before its body was read has not.
@@ -199,46 +202,74 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         return False
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._over_header_limit:
             return
         # A finished request has a cycle; the first one's headers are awaited from connection_made.
         if not self._reading_headers and self._between_requests and self.cycle.response_complete:
             self._await_headers()  # the next request on a kept-alive connection
-        if self._reading_headers and self._headers_overflow(data):
-            self._reject(
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
-                "request line and headers exceed REWARD_MAX_HEADER_BYTES",
-            )
-            return
+        # Whether this chunk starts inside a request's headers: the first request's, or those after
+        # the last complete message (also while that one's answer is still being computed).
+        in_headers = self._reading_headers or self._between_requests
+        headers_seen = self._headers_seen
         super().data_received(data)
-        if self._reading_headers:  # still incomplete: this chunk was all headers
+        if in_headers and self._headers_seen == headers_seen and not self.transport.is_closing():
+            # No headers ended in it: the whole chunk was header bytes. Headers that end in a chunk
+            # are measured exactly in on_headers_complete, whichever request they belong to.
             self._header_bytes += len(data)
-            self._header_tail = (self._header_tail + data)[-3:]
-
-    def _headers_overflow(self, data: bytes) -> bool:
-        """Whether the headers, with `data` after what has come of them, exceed the limit: true unless
-        their blank line ends within the bytes the limit leaves, so that the chunk completing them
-        counts too and the body bytes after it do not."""
-        room = self.limits.max_header_bytes - self._header_bytes
-        if len(data) <= room:
-            return False
-        return b"\r\n\r\n" not in self._header_tail + data[: max(room, 0)]
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._refuse_header_size()
 
     def on_headers_complete(self) -> None:
+        self._headers_seen += 1
         self._between_requests = False
         self._stop_awaiting_headers()
+        if self._parsed_header_bytes() > self.limits.max_header_bytes:
+            # Neither the app nor the body: the request is refused and the connection closed, once
+            # the requests pipelined before it have had their answers.
+            self._over_header_limit = True
+            if self._answers_pending():
+                self.flow.pause_reading()
+            else:
+                self._refuse_header_size()
+            return
         self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._over_header_limit:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._over_header_limit:
+            return
         self._between_requests = True
+        self._header_bytes = 0  # the next request's headers start here
         self._stop_awaiting_body()
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._over_header_limit and not self._answers_pending():
+            self._refuse_header_size()
+
+    def _answers_pending(self) -> bool:
+        """Whether requests before this one on the connection still await their answers."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+
+    def _parsed_header_bytes(self) -> int:
+        """The request line and headers the parser has just read, as sent (less optional spaces):
+        "METHOD url HTTP/1.1", each "name: value", every CRLF."""
+        request_line = len(self.parser.get_method()) + len(self.url) + len(" HTTP/1.1\r\n") + 1
+        return request_line + sum(len(name) + len(value) + 4 for name, value in self.headers) + 2
+
+    def _refuse_header_size(self) -> None:
+        self._reject(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+            "request line and headers exceed REWARD_MAX_HEADER_BYTES",
+        )
+
     def _await_headers(self) -> None:
         self._reading_headers = True
-        self._header_bytes = 0
-        self._header_tail = b""
         self.awaiting_headers[self] = None
         if self._header_timer is None:
             self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._headers_timed_out)

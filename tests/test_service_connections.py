@@ -136,6 +136,25 @@ def test_headers_that_arrive_whole_in_one_write_are_held_to_the_limit(
         assert answer_of(sock).startswith(b"HTTP/1.1 " + status)
 
 
+def test_blank_lines_before_a_request_or_a_request_before_it_do_not_hide_oversized_headers(
+    service: tuple[int, Path],
+) -> None:
+    """The parser skips empty lines before a request line, and a pipelined request follows another
+    in the same write: neither lets headers over the limit (8192 here) through."""
+    port, _ = service
+    big = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 12_000 + b"\r\n\r\n"
+    small = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    for sent, statuses in ((b"\r\n\r\n" + big, [b"431"]), (small + big, [b"200", b"431"])):
+        with connect(port) as sock:
+            try:
+                sock.sendall(sent)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            answers = answer_of(sock)
+        assert re.findall(rb"HTTP/1\.1 (\d+)", answers) == statuses, answers[:300]
+    assert healthz_status(port) == b"HTTP/1.1 200 OK"
+
+
 def test_the_rest_of_a_body_answered_early_is_not_taken_for_headers(service: tuple[int, Path]) -> None:
     """A request answered before its body is read (refused from its headers, or a route that reads
     no body): the body bytes that follow are that request's, not the next one's headers."""
