@@ -125,16 +125,18 @@ async def score_texts(
     return_labels: bool = False,
     truncate: bool = True,
     budget_from: float | None = None,
+    default_budget_s: float | None = None,
 ) -> ScoreOutput:
     """`scorer`'s scores of `texts` (already checked against the limits), within the request's deadline.
 
     `truncate=False` refuses inputs longer than the model's window (413) instead of cutting them.
     `budget_from`: the `time.monotonic()` the request's budget counts from, when it is scored in
-    several calls (one deadline for all of them); else now.
+    several calls (one deadline for all of them); else now. `default_budget_s`: the route's budget
+    when the client sends no timeout header (else REWARD_REQUEST_TIMEOUT_S).
     """
     settings = settings_of(request)
     started = time.perf_counter()
-    budget_s = request_budget_s(request.headers, settings)
+    budget_s = request_budget_s(request.headers, settings, default_budget_s)
     deadline = (time.monotonic() if budget_from is None else budget_from) + budget_s
     options = ScoreOptions(
         truncation_side=truncation_side or settings.truncation_side,
@@ -154,13 +156,18 @@ async def score_texts(
     return output
 
 
+# The setting that bounds a route's requests without a timeout header, where it is not the usual one.
+_DEFAULT_BUDGET_SETTING = {"/get_reward": "REWARD_OPENRLHF_TIMEOUT_S"}
+
+
 async def _score_within(
     request: Request, route: str, scorer: Scorer, texts: list[str], options: ScoreOptions, budget_s: float
 ) -> ScoreOutput:
     """The scorer's output, or the one ServiceError that says why there is none."""
+    default_setting = _DEFAULT_BUDGET_SETTING.get(route, "REWARD_REQUEST_TIMEOUT_S")
     late = DeadlineExceeded(
         f"scorer '{scorer.name}' could not score {len(texts)} input(s) within the request's deadline "
-        f"({budget_s:.1f} s: {TIMEOUT_HEADER} less a margin, or REWARD_REQUEST_TIMEOUT_S)"
+        f"({budget_s:.1f} s: {TIMEOUT_HEADER} less a margin, or {default_setting})"
     )
     left_s = options.deadline - time.monotonic()
     if left_s <= 0:  # spent by the request's earlier windows: nothing is started

@@ -153,6 +153,13 @@ class ServiceSettings(BaseSettings):
         r"|<(?:start|end)_of_turn>",
         description="Regex of special tokens removed from OpenRLHF's decoded queries before scoring.",
     )
+    openrlhf_timeout_s: float = Field(
+        default=170.0,
+        gt=0,
+        description="Longest a /get_reward request may take, all its windows together, when it sends "
+        "no X-Reward-Timeout-Ms (OpenRLHF sends none): under OpenRLHF v0.9.0's 180 s wait for a "
+        "whole rollout.",
+    )
     openrlhf_max_items: int = Field(
         default=16_384,
         ge=1,

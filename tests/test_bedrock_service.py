@@ -157,7 +157,15 @@ def test_a_bad_timeout_header_is_a_422_naming_it(fake_bedrock: FakeBedrock, valu
 
 def test_without_a_timeout_header_the_service_default_bounds_a_request(fake_bedrock: FakeBedrock) -> None:
     fake_bedrock.latency_s = 5.0
-    settings = bedrock_settings(fake_bedrock, request_timeout_s=1.0)
+    settings = bedrock_settings(fake_bedrock, request_timeout_s=1.0, openrlhf_timeout_s=2.0)
     with serving(create_app(settings)) as server:
+        started = time.monotonic()
         response = httpx.post(server.url + "/score", json={"texts": [LIKE]}, timeout=30)
+        scored_s = time.monotonic() - started
+        started = time.monotonic()
+        # OpenRLHF sends no timeout header: /get_reward has its own default, for a whole rollout.
+        rollout = httpx.post(server.url + "/get_reward", json={"query": [LIKE]}, timeout=30)
+        rollout_s = time.monotonic() - started
     assert response.status_code == 504 and "REWARD_REQUEST_TIMEOUT_S" in response.json()["detail"]
+    assert rollout.status_code == 504 and "REWARD_OPENRLHF_TIMEOUT_S" in rollout.json()["detail"]
+    assert scored_s < 2.0 <= rollout_s < 4.0

@@ -74,7 +74,12 @@ async def get_reward(request: Request, body: OpenRLHFRequest) -> OpenRLHFRespons
     # One window at a time: a 2,048-item rollout does not take the whole queue from other clients.
     for start in range(0, len(texts), window):
         output = await score_texts(
-            request, "/get_reward", scorer, texts[start : start + window], budget_from=started
+            request,
+            "/get_reward",
+            scorer,
+            texts[start : start + window],
+            budget_from=started,
+            default_budget_s=settings.openrlhf_timeout_s,
         )
         rewards.extend(output.scores)
     return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs={})
