@@ -77,10 +77,16 @@ def test_scores_that_stop_varying_after_training_are_a_warning_in_the_report() -
     why it may not mean better answers."""
     before = [-2.0, 2.0] * 16
     after = [2.89 + 0.001 * (i % 2) for i in range(32)]
-    report = summarise(_rows(before, after), "roberta-hate", "response", SAMPLING)
+    rows = _rows(before, after)
+    for i, row in enumerate(rows):
+        row.after = ("Thutiful today.", "Again, I like you.")[i % 2]  # two stock phrases
+    report = summarise(rows, "roberta-hate", "response", SAMPLING)
     collapsed = [w for w in report.warnings if "hardly vary" in w]
-    assert len(collapsed) == 1 and "std 0.0005, before 2" in collapsed[0]
+    assert len(collapsed) == 1 and "std 0.0005, before 2; 2 distinct answers, 32 before" in collapsed[0]
     assert "hardly vary" in render_markdown(report)
+    # The same scores from 32 different answers: the reward saturated, the answers did not collapse.
+    varied = summarise(_rows(before, after), "roberta-hate", "response", SAMPLING)
+    assert not any("hardly vary" in w for w in varied.warnings)
     # A spread that only narrows (here by half) is not flagged.
     halved = summarise(_rows(before, [x / 2 + 1 for x in before]), "roberta-hate", "response", SAMPLING)
     assert not any("hardly vary" in w for w in halved.warnings)

@@ -169,11 +169,20 @@ def hacking_warnings(
         )
     if scores_before is not None and scores_after is not None:
         std_before, std_after = scores_before["std"], scores_after["std"]
-        if std_before > 0 and std_after < MIN_STD_RATIO * std_before:
+        distinct_before, distinct_after = before.get("distinct"), after.get("distinct")
+        # Fewer distinct answers too: a reward that saturates on varied answers (a judge giving
+        # everything its top mark) is not a collapse of the policy.
+        fewer = distinct_before is None or distinct_after is None or distinct_after < distinct_before
+        if std_before > 0 and std_after < MIN_STD_RATIO * std_before and fewer:
+            answers = (
+                ""
+                if distinct_after is None
+                else f"; {distinct_after:.0f} distinct answers, {distinct_before:.0f} before"
+            )
             warnings.append(
-                f"the scores after training hardly vary (std {std_after:.3g}, before {std_before:.3g}): "
-                "the policy may have collapsed onto the few answers the reward model rates highest "
-                "(read the answers in responses.jsonl)"
+                f"the scores after training hardly vary (std {std_after:.3g}, before {std_before:.3g}"
+                f"{answers}): the policy may have collapsed onto the few answers the reward model "
+                "rates highest (read the answers in responses.jsonl)"
             )
     return warnings
 
@@ -200,6 +209,8 @@ def summarise(
         "before": response_figures([r.before for r in rows], [r.before_tokens for r in rows]),
         "after": response_figures([r.after for r in rows], [r.after_tokens for r in rows]),
     }
+    for side, texts in (("before", [r.before for r in rows]), ("after", [r.after for r in rows])):
+        responses[side]["distinct"] = len({text.strip() for text in texts})
     return EvalReport(
         scorer=scorer,
         score_on=score_on,
