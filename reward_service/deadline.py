@@ -20,12 +20,22 @@ MAX_TIMEOUT_DIGITS = 9
 _MILLISECONDS = re.compile(rf"[0-9]{{1,{MAX_TIMEOUT_DIGITS}}}")
 
 
-def request_budget_s(headers: Headers, settings: ServiceSettings, default_s: float | None = None) -> float:
-    """Seconds this request may take: from `X-Reward-Timeout-Ms`, else `default_s` (the route's),
-    else REWARD_REQUEST_TIMEOUT_S."""
+DEFAULT_BUDGET_SETTING = "request_timeout_s"
+
+
+def budget_variable(setting: str) -> str:
+    """The environment variable of a budget setting: `request_timeout_s` -> REWARD_REQUEST_TIMEOUT_S."""
+    return f"{ServiceSettings.model_config['env_prefix']}{setting.upper()}"
+
+
+def request_budget_s(
+    headers: Headers, settings: ServiceSettings, setting: str = DEFAULT_BUDGET_SETTING
+) -> float:
+    """Seconds this request may take: from `X-Reward-Timeout-Ms`, else the route's budget `setting`
+    (REWARD_REQUEST_TIMEOUT_S unless the route has its own)."""
     raw = headers.get(TIMEOUT_HEADER)
     if raw is None:
-        return settings.request_timeout_s if default_s is None else default_s
+        return float(getattr(settings, setting))
     client_wait_s = int(raw) / 1000 if _MILLISECONDS.fullmatch(raw) else 0.0
     if client_wait_s <= 0:
         shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"

@@ -22,7 +22,7 @@ from fastapi import Request
 
 from reward_service.allocator import LARGE_REQUEST_CHARS, release_freed_memory
 from reward_service.body_decoding import OFF_LOOP_BYTES
-from reward_service.deadline import request_budget_s
+from reward_service.deadline import DEFAULT_BUDGET_SETTING, budget_variable, request_budget_s
 from reward_service.errors import DeadlineExceeded, InvalidInput, NoClassLogits, ScoringFailed, ServiceError
 from reward_service.metrics import ServiceMetrics
 from reward_service.request_context import record_engine_call
@@ -125,18 +125,18 @@ async def score_texts(
     return_labels: bool = False,
     truncate: bool = True,
     budget_from: float | None = None,
-    default_budget_s: float | None = None,
+    budget_setting: str = DEFAULT_BUDGET_SETTING,
 ) -> ScoreOutput:
     """`scorer`'s scores of `texts` (already checked against the limits), within the request's deadline.
 
     `truncate=False` refuses inputs longer than the model's window (413) instead of cutting them.
     `budget_from`: the `time.monotonic()` the request's budget counts from, when it is scored in
-    several calls (one deadline for all of them); else now. `default_budget_s`: the route's budget
-    when the client sends no timeout header (else REWARD_REQUEST_TIMEOUT_S).
+    several calls (one deadline for all of them); else now. `budget_setting`: the setting that bounds
+    the route's requests when the client sends no timeout header.
     """
     settings = settings_of(request)
     started = time.perf_counter()
-    budget_s = request_budget_s(request.headers, settings, default_budget_s)
+    budget_s = request_budget_s(request.headers, settings, budget_setting)
     deadline = (time.monotonic() if budget_from is None else budget_from) + budget_s
     options = ScoreOptions(
         truncation_side=truncation_side or settings.truncation_side,
@@ -145,7 +145,7 @@ async def score_texts(
         deadline=deadline,
     )
     output = (
-        await _score_within(request, route, scorer, texts, options, budget_s)
+        await _score_within(request, route, scorer, texts, options, budget_s, budget_setting)
         if texts
         else ScoreOutput(scores=[], labels=[] if return_labels else None)
     )
@@ -156,27 +156,31 @@ async def score_texts(
     return output
 
 
-# The setting that bounds a route's requests without a timeout header, where it is not the usual one.
-_DEFAULT_BUDGET_SETTING = {"/get_reward": "REWARD_OPENRLHF_TIMEOUT_S"}
-
-
 async def _score_within(
-    request: Request, route: str, scorer: Scorer, texts: list[str], options: ScoreOptions, budget_s: float
+    request: Request,
+    route: str,
+    scorer: Scorer,
+    texts: list[str],
+    options: ScoreOptions,
+    budget_s: float,
+    budget_setting: str,
 ) -> ScoreOutput:
     """The scorer's output, or the one ServiceError that says why there is none."""
-    default_setting = _DEFAULT_BUDGET_SETTING.get(route, "REWARD_REQUEST_TIMEOUT_S")
-    late = DeadlineExceeded(
-        f"scorer '{scorer.name}' could not score {len(texts)} input(s) within the request's deadline "
-        f"({budget_s:.1f} s: {TIMEOUT_HEADER} less a margin, or {default_setting})"
-    )
+
+    def late() -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"scorer '{scorer.name}' could not score {len(texts)} input(s) within the request's deadline "
+            f"({budget_s:.1f} s: {TIMEOUT_HEADER} less a margin, or {budget_variable(budget_setting)})"
+        )
+
     left_s = options.deadline - time.monotonic()
     if left_s <= 0:  # spent by the request's earlier windows: nothing is started
-        raise late
+        raise late()
     try:
         async with asyncio.timeout(left_s):
             return await _unless_disconnected(request, scorer.score(texts, options))
     except TimeoutError:
-        raise late from None
+        raise late() from None
     except (ServiceError, ClientGone, asyncio.CancelledError):
         # A shutdown is the only thing that cancels a request; ShutdownGuard answers it with 503.
         raise

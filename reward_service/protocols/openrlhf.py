@@ -79,7 +79,7 @@ async def get_reward(request: Request, body: OpenRLHFRequest) -> OpenRLHFRespons
             scorer,
             texts[start : start + window],
             budget_from=started,
-            default_budget_s=settings.openrlhf_timeout_s,
+            budget_setting="openrlhf_timeout_s",
         )
         rewards.extend(output.scores)
     return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs={})
