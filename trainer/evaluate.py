@@ -148,8 +148,8 @@ def change_pct(before: float, after: float) -> float | None:
 
 def hacking_warnings(
     responses: dict[str, dict[str, float | None]],
-    scores_before: dict[str, float] | None = None,
-    scores_after: dict[str, float] | None = None,
+    scores_before: dict[str, float],
+    scores_after: dict[str, float],
 ) -> list[str]:
     """What in the responses (and the spread of their scores) says the reward may have risen for the
     wrong reason."""
@@ -167,23 +167,17 @@ def hacking_warnings(
             f"the mean answer length fell from {tokens_before:.1f} to {tokens_after:.1f} tokens: "
             "shorter answers may be what the reward rewards"
         )
-    if scores_before is not None and scores_after is not None:
-        std_before, std_after = scores_before["std"], scores_after["std"]
-        distinct_before, distinct_after = before.get("distinct"), after.get("distinct")
-        # Fewer distinct answers too: a reward that saturates on varied answers (a judge giving
-        # everything its top mark) is not a collapse of the policy.
-        fewer = distinct_before is None or distinct_after is None or distinct_after < distinct_before
-        if std_before > 0 and std_after < MIN_STD_RATIO * std_before and fewer:
-            answers = (
-                ""
-                if distinct_after is None
-                else f"; {distinct_after:.0f} distinct answers, {distinct_before:.0f} before"
-            )
-            warnings.append(
-                f"the scores after training hardly vary (std {std_after:.3g}, before {std_before:.3g}"
-                f"{answers}): the policy may have collapsed onto the few answers the reward model "
-                "rates highest (read the answers in responses.jsonl)"
-            )
+    std_before, std_after = scores_before["std"], scores_after["std"]
+    distinct_before, distinct_after = before["distinct"] or 0, after["distinct"] or 0
+    # Fewer distinct answers too: a reward that saturates on varied answers (a judge giving
+    # everything its top mark) is not a collapse of the policy.
+    if 0 < std_before and std_after < MIN_STD_RATIO * std_before and distinct_after < distinct_before:
+        warnings.append(
+            f"the scores after training hardly vary (std {std_after:.3g}, before {std_before:.3g}; "
+            f"{distinct_after:.0f} distinct answers, {distinct_before:.0f} before): the policy may have "
+            "collapsed onto the few answers the reward model rates highest (read the answers in "
+            "responses.jsonl)"
+        )
     return warnings
 
 
@@ -209,8 +203,6 @@ def summarise(
         "before": response_figures([r.before for r in rows], [r.before_tokens for r in rows]),
         "after": response_figures([r.after for r in rows], [r.after_tokens for r in rows]),
     }
-    for side, texts in (("before", [r.before for r in rows]), ("after", [r.after for r in rows])):
-        responses[side]["distinct"] = len({text.strip() for text in texts})
     return EvalReport(
         scorer=scorer,
         score_on=score_on,
