@@ -3,7 +3,8 @@
 #
 # Prepare on the CPU machine (the GPU image lacks fastapi, pyzmq, msgspec, aiohttp, trl, ...):
 #   ../shared/tools/gpu-wheels.sh aiohttp aiohappyeyeballs aiosignal frozenlist multidict \
-#       propcache yarl attrs && ../shared/tools/gpu-wheels.sh      # the default set, then aiohttp's
+#       propcache yarl attrs typing-extensions && ../shared/tools/gpu-wheels.sh   # then the default set
+# (typing-extensions: the pydantic fetched needs a newer one than the image may hold.)
 # Then one device call, carrying the wheels (carry: [".whl"]), well inside 8 minutes:
 #   bash bench/gpu_check.sh            # figures in $OUT/gpu_check.txt (or ./gpu_check.txt)
 #
@@ -19,46 +20,71 @@
 #      starting or loading engine for frozen (bench/bench_engine_restart.py).
 # Targets (issue 10): >= 0.9 of raw at 64x16 and 4x1024, >= 0.8 at 8x16, lone p50 <= 10 ms and
 # p99 <= 20 ms, 64x1 >= 4,000 requests/s.
+#
+# bench/gpu_check_rehearsal.sh runs this same script on a CPU, in a copy of the GPU image's Python
+# packages, so that a missing wheel or an API the image's transformers lacks shows up before a
+# device call is spent on it. It sets these (the defaults are the GPU run's):
+#   GPU_CHECK_DEVICE=cuda  GPU_CHECK_STAND_IN=roberta-base  GPU_CHECK_WHEELS=.whl
+#   GPU_CHECK_SITE=/tmp/site  GPU_CHECK_POLICY_ARGS=""   (extra flags for bench.gpu_reward_wait)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-.}/gpu_check.txt"
+device="${GPU_CHECK_DEVICE:-cuda}"
+stand_in="${GPU_CHECK_STAND_IN:-roberta-base}"
+wheels="${GPU_CHECK_WHEELS:-.whl}"
+site="${GPU_CHECK_SITE:-/tmp/site}"
 : > "$out"
 note() { echo "== $* ($(date -u +%H:%M:%S))" | tee -a "$out"; }
 
 note "install carried wheels"
-if ls .whl/*.whl > /dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >> "$out" 2>&1
-  export PYTHONPATH="$PWD:/tmp/site" PATH="/tmp/site/bin:$PATH"
+if ls "$wheels"/*.whl > /dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$wheels"/*.whl >> "$out" 2>&1 \
+    || echo "pip install of the carried wheels ended with status $?" | tee -a "$out"
+  export PYTHONPATH="$PWD:$site" PATH="$site/bin:$PATH"
 else
-  echo "no .whl/ carried: using the image's packages only" | tee -a "$out"
+  echo "no $wheels/ carried: using the image's packages only" | tee -a "$out"
   export PYTHONPATH="$PWD"
 fi
+# Every module the steps below import, so that a missing wheel is named here, not deep in a step.
+python3 - >> "$out" 2>&1 <<'PY' || echo "an import failed: the steps below will fail with it" | tee -a "$out"
+import importlib
+for name in ("aiohttp", "fastapi", "uvicorn", "msgspec", "zmq", "pydantic_settings", "tenacity", "boto3",
+             "prometheus_client", "httpx", "reward_service.app", "reward_service.engine.core",
+             "bench.bench_service", "bench.gpu_reward_wait", "bench.bench_engine_restart", "demo.run"):
+    importlib.import_module(name)
+print("imports: every module the steps need was found")
+PY
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$out" 2>&1
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'transformers', transformers.__version__)" >> "$out" 2>&1
 
-note "bench_service: roberta-base stand-in, every GPU scenario"
-timeout 300 python3 -m bench.bench_service --stand-in roberta-base --device cuda --texts 4096 \
+note "bench_service: $stand_in stand-in on $device, every GPU scenario"
+timeout 300 python3 -m bench.bench_service --stand-in "$stand_in" --device "$device" --texts 4096 \
   --scenarios 1x16,8x16,64x16,64x1,4x1024 --client-procs 8 >> "$out" 2>&1 \
   || echo "bench_service ended with status $?" | tee -a "$out"
 
 note "bench_service: 64x1 with two front-end workers"
-timeout 90 python3 -m bench.bench_service --stand-in roberta-base --device cuda --texts 4096 \
+timeout 90 python3 -m bench.bench_service --stand-in "$stand_in" --device "$device" --texts 4096 \
   --scenarios 64x1 --client-procs 8 --workers 2 >> "$out" 2>&1 \
   || echo "bench_service --workers 2 ended with status $?" | tee -a "$out"
 
 note "PPO step reward wait: Qwen2-0.5B-shaped policy, 64 x 128 tokens"
-python3 - >> "$out" 2>&1 <<'PY'
-import subprocess, sys, tempfile
+GPU_CHECK_DEVICE="$device" GPU_CHECK_STAND_IN="$stand_in" timeout 240 python3 - >> "$out" 2>&1 <<'PY' \
+  || echo "the reward wait ended with status $?" | tee -a "$out"
+import os, shlex, subprocess, sys, tempfile
 from pathlib import Path
 from bench.stand_ins import build_classifier
 from demo.run import running_service
-model = build_classifier("roberta-base")
-env = {"REWARD_DEVICE": "cuda", "REWARD_MAX_ITEMS_PER_REQUEST": "1024"}
+device, stand_in = os.environ["GPU_CHECK_DEVICE"], os.environ["GPU_CHECK_STAND_IN"]
+model = build_classifier(stand_in)
+env = {"REWARD_DEVICE": device, "REWARD_MAX_ITEMS_PER_REQUEST": "1024"}
+policy_args = shlex.split(os.environ.get("GPU_CHECK_POLICY_ARGS", ""))
 with running_service(Path(model), Path(tempfile.gettempdir()) / "gpu-check-service.log", env, 180) as (url, _):
-    subprocess.run([sys.executable, "-m", "bench.gpu_reward_wait", "--url", url], timeout=150, check=False)
+    command = [sys.executable, "-m", "bench.gpu_reward_wait", "--url", url, "--device", device,
+               "--stand-in", stand_in, *policy_args]
+    sys.exit(subprocess.run(command, timeout=150, check=False).returncode)
 PY
 note "engine restarts on the GPU: phases and engines killed as frozen"
-timeout 90 python3 -m bench.bench_engine_restart --stand-in roberta-base --device cuda --kills 2 \
+timeout 90 python3 -m bench.bench_engine_restart --stand-in "$stand_in" --device "$device" --kills 2 \
   >> "$out" 2>&1 || echo "bench_engine_restart ended with status $?" | tee -a "$out"
 note "done"

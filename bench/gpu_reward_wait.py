@@ -22,13 +22,24 @@ from bench.stand_ins import build_classifier, natural_texts
 from shared.client import RewardClient
 
 # Qwen2-0.5B's shape; the vocabulary is the stand-in tokenizer's, so generated ids decode to text.
-QWEN2_05B = {
-    "hidden_size": 896,
-    "intermediate_size": 4864,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 14,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 4096,
+# "tiny" is for a rehearsal of bench/gpu_check.sh on a CPU, where the 0.5B shape takes minutes.
+POLICY_SHAPES = {
+    "qwen2-0.5b": {
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+    },
 }
 
 
@@ -41,10 +52,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--response-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--policy-shape", choices=sorted(POLICY_SHAPES), default="qwen2-0.5b")
+    parser.add_argument("--stand-in", default="roberta-base", help="the stand-in whose tokenizer is used")
     args = parser.parse_args()
 
-    tokenizer = AutoTokenizer.from_pretrained(build_classifier("roberta-base"))
-    config = Qwen2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **QWEN2_05B)
+    tokenizer = AutoTokenizer.from_pretrained(build_classifier(args.stand_in))
+    shape = POLICY_SHAPES[args.policy_shape]
+    config = Qwen2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **shape)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     policy = Qwen2ForCausalLM(config).to(args.device, dtype).eval()
     prompts = natural_texts(tokenizer, args.batch, low=48, high=80)
@@ -74,7 +88,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "policy": "qwen2-0.5b-shaped",
+                "policy": f"{args.policy_shape}-shaped",
                 "batch": args.batch,
                 "response_tokens": args.response_tokens,
                 "generation_s": round(min(generation_s), 4),

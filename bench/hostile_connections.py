@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.stand_ins import build_classifier
-from demo.run import ROOT, free_port, stop, wait_ready
+from demo.run import ROOT, checkout_python_path, free_port, stop, wait_ready
 
 APP_FACTORY = "reward_service.app:create_app"
 
@@ -79,7 +79,7 @@ def start_server(server: str, port: int, fd_limit: int, model: Path, log: Path) 
 
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": checkout_python_path(),
         "REWARD_ROBERTA_MODEL": str(model),
         "REWARD_DEVICE": "cpu",
         "REWARD_LOG_LEVEL": "warning",

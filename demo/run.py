@@ -53,13 +53,22 @@ def build_stand_ins(demo_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def checkout_python_path() -> str:
+    """PYTHONPATH for a child process: this checkout first, then the caller's own PYTHONPATH.
+
+    The caller's entries are kept: packages installed with `pip --target` (as on the GPU machine,
+    bench/gpu_check.sh) are found only through them.
+    """
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def start_service(
     classifier: Path, port: int, log_path: Path, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """`python -m reward_service` on a loopback port, serving `classifier` on the CPU."""
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": checkout_python_path(),
         "REWARD_ROBERTA_MODEL": str(classifier),
         "REWARD_DEVICE": "cpu",
         "REWARD_LOG_LEVEL": "warning",

@@ -61,7 +61,7 @@ class EngineGate:
 
     def environment(self) -> dict[str, str]:
         """Variables for a service started as a subprocess (its engines inherit them)."""
-        checkout = HOOK_DIR.parents[1]  # `demo.run.start_service` puts only the checkout on it
+        checkout = HOOK_DIR.parents[1]  # replaces the PYTHONPATH `demo.run.start_service` would give
         return {GATE_ENV: str(self.directory), "PYTHONPATH": f"{HOOK_DIR}{os.pathsep}{checkout}"}
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> EngineGate:

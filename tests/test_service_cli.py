@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from demo.run import ROOT, wait_ready
+from demo.run import ROOT, checkout_python_path, wait_ready
 from harness.fake_bedrock import FakeBedrock
 from harness.live_server import free_port
 from reward_service.cli import main, parse_settings
@@ -199,3 +199,24 @@ def test_workers_get_the_flags_and_every_process_logs_json_lines_with_request_id
     assert all(t["logger"] == "uvicorn.access" and request_line in t["message"] for t in tries), tries
     statuses = sorted(line["message"].split(request_line, 1)[1].split()[0] for line in tries)
     assert statuses == ["200"] + ["503"] * (len(tries) - 1), tries
+
+
+def test_a_started_service_keeps_the_callers_python_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Packages installed with `pip --target` (the GPU machine's carried wheels) are found only
+    # through PYTHONPATH: a child that got the checkout alone could not import them.
+    (tmp_path / "carried_only_here.py").write_text("WHERE = 'carried'\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    probe = "import carried_only_here, demo.run; print(carried_only_here.WHERE)"
+    child = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": checkout_python_path()},
+        cwd=tmp_path.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "carried"
+    assert checkout_python_path().split(os.pathsep)[0] == str(ROOT)
