@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import httpx
 import pytest
@@ -98,3 +99,29 @@ def test_a_small_body_with_a_wrong_type_keeps_pydantics_words(live_service: Live
     assert response.json()["detail"] == [
         {"loc": ["body", "texts", 1], "msg": "Input should be a valid string", "type": "string_type"}
     ]
+
+
+def test_a_large_rollouts_texts_are_checked_and_stripped_off_the_event_loop(
+    live_service: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A regex pass over megabytes of rollout text on the loop stalled /healthz for half a second.
+    from reward_service.protocols import openrlhf
+
+    threads: list[str] = []
+    strip = openrlhf.strip_special_tokens
+
+    def recording_strip(text: str, settings: object) -> str:
+        threads.append(threading.current_thread().name)
+        return strip(text, settings)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(openrlhf, "strip_special_tokens", recording_strip)
+    small = httpx.post(live_service.url + "/get_reward", json={"query": ["<s>I like you.</s>"]}, timeout=60)
+    assert small.status_code == 200, small.text
+    (loop_thread,) = threads
+    queries = [f"<s>text {i} " + "word " * 900 + "</s>" for i in range(60)]
+    assert sum(map(len, queries)) > OFF_LOOP_BYTES
+    threads.clear()
+    large = httpx.post(live_service.url + "/get_reward", json={"query": queries}, timeout=120)
+    assert large.status_code == 200, large.text
+    assert len(large.json()["rewards"]) == 60
+    assert len(threads) == 60 and loop_thread not in threads

@@ -15,9 +15,10 @@ from __future__ import annotations
 import re
 import time
 
+import anyio
 from fastapi import APIRouter, Request
 
-from reward_service.body_decoding import DecodedBodyRoute
+from reward_service.body_decoding import OFF_LOOP_BYTES, DecodedBodyRoute
 from reward_service.errors import InvalidInput, TooManyItems
 from reward_service.scoring import resolve_scorer, score_texts, settings_of
 from reward_service.settings import ServiceSettings
@@ -58,13 +59,23 @@ def _check(body: OpenRLHFRequest, settings: ServiceSettings) -> None:
         check_texts("prompts", body.prompts, settings)
 
 
+def _checked_texts(body: OpenRLHFRequest, settings: ServiceSettings) -> list[str]:
+    """The texts to score: each `query` without its special tokens, once the request is checked."""
+    _check(body, settings)
+    return [strip_special_tokens(query, settings) for query in body.query]
+
+
 @router.post("/get_reward", response_model=OpenRLHFResponse, responses=_ERRORS)
 async def get_reward(request: Request, body: OpenRLHFRequest) -> OpenRLHFResponse:
     """OpenRLHF-compatible remote reward: one reward per `query`, in order. `labels` may be of any
     JSON type (they are not used); an empty `query` gets empty lists."""
     settings = settings_of(request)
-    _check(body, settings)
-    texts = [strip_special_tokens(query, settings) for query in body.query]
+    if sum(map(len, body.query)) > OFF_LOOP_BYTES:
+        # Checking and stripping megabytes of text would hold the event loop (and /healthz) for
+        # a second; body decoding moves its work off the loop at the same size.
+        texts = await anyio.to_thread.run_sync(_checked_texts, body, settings)
+    else:
+        texts = _checked_texts(body, settings)
     if not texts:
         return OpenRLHFResponse(rewards=[], scores=[], extra_logs={})
     scorer = resolve_scorer(request, None)
