@@ -22,12 +22,17 @@ from typing import ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from reward_service.request_counter import note_connection_answer
 from reward_service.settings import ServiceSettings, settings_from_parent
 
 WORKER_PROTOCOL_PATH = "reward_service.connections:WorkerHttpProtocol"
 # File descriptors kept for what is not a client connection (engine sockets, model files, logs).
 RESERVED_FDS = 128
 REFUSAL_LOG_EVERY_S = 10.0
+# Bytes each chunk of a chunked body may spend on its framing ("<hex size>\r\n", the "\r\n" after
+# its data) before the rest counts with trailers against REWARD_MAX_HEADER_BYTES: more than any
+# real client's chunk sizes take, far less than trailers or chunk extensions can.
+CHUNK_FRAMING_ALLOWANCE = 32
 log = logging.getLogger("reward_service")
 
 
@@ -81,7 +86,7 @@ class ConnectionLimits:
 
 def protocol_class(settings: ServiceSettings) -> type[LimitedHttpProtocol]:
     """`LimitedHttpProtocol` with the limits of `settings`, for one uvicorn server's `http` option."""
-    namespace = {"limits": ConnectionLimits.from_settings(settings), "awaiting_headers": {}}
+    namespace = {"limits": ConnectionLimits.from_settings(settings), "awaiting_headers": {}, "draining": {}}
     return type("LimitedHttpProtocol", (LimitedHttpProtocol,), namespace)
 
 
@@ -145,6 +150,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     # This server's connections waiting for a request's headers, oldest first: what is evicted
     # when the bound is hit.
     awaiting_headers: ClassVar[dict[LimitedHttpProtocol, None]]
+    # Connections whose request was answered before its body was read, still reading that body
+    # (so that a client sending it sees the answer, not a reset): evicted first.
+    draining: ClassVar[dict[LimitedHttpProtocol, None]]
 
     _header_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
@@ -158,6 +166,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     # the next request. A request answered before its body was read has not.
     _between_requests = False
     _refused = False
+    # Between a request's headers and the end of its body: a header the parser reports now is a
+    # trailer of a chunked body.
+    _in_body = False
+    _body_bytes = 0  # body bytes the parser has delivered on this connection
+    _chunks = 0  # chunk headers the parser has read on this connection
+    # Bytes of the current request after its headers that were neither body nor allowed framing.
+    _framing_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         limits = self.limits
@@ -181,17 +196,24 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_awaiting_headers()
         self._stop_awaiting_body()
+        self.draining.pop(self, None)
         if self._refused:
             return
         super().connection_lost(exc)
 
     @classmethod
     def _evict_oldest_waiting(cls, bound: int) -> bool:
-        """Close the connection that has waited longest for a request's headers, if any.
+        """Close a connection that only reads the rest of an answered request's body, else the one
+        that has waited longest for a request's headers, if any.
 
         A client sends its headers as soon as it connects, so the longest-silent connection is the
         likeliest to be idle or hostile; closing it keeps the server reachable under a flood of them.
         """
+        for oldest in cls.draining:
+            oldest.transport.close()  # its answer is sent: nothing more to say
+            cls.draining.pop(oldest)
+            _evictions.note(len(oldest.connections), bound)
+            return True
         for oldest in cls.awaiting_headers:
             _evictions.note(len(oldest.connections), bound)
             oldest._reject(
@@ -210,47 +232,99 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         # Whether this chunk starts inside a request's headers: the first request's, or those after
         # the last complete message (also while that one's answer is still being computed).
         in_headers = self._reading_headers or self._between_requests
-        headers_seen = self._headers_seen
+        in_body = self._in_body
+        headers_seen, body_bytes, chunks = self._headers_seen, self._body_bytes, self._chunks
         super().data_received(data)
-        if in_headers and self._headers_seen == headers_seen and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if in_headers and self._headers_seen == headers_seen:
             # No headers ended in it: the whole chunk was header bytes. Headers that end in a chunk
             # are measured exactly in on_headers_complete, whichever request they belong to.
             self._header_bytes += len(data)
             if self._header_bytes > self.limits.max_header_bytes:
-                self._refuse_header_size()
+                self._refuse_over_header_limit()
+        elif in_body and self._in_body and self._headers_seen == headers_seen:
+            # The whole chunk lay inside one request's body: what was not body is chunk framing
+            # and trailers, which httptools gathers in memory without a bound of its own.
+            framing = len(data) - (self._body_bytes - body_bytes)
+            allowed = CHUNK_FRAMING_ALLOWANCE * (self._chunks - chunks)
+            self._framing_bytes = max(0, self._framing_bytes + framing - allowed)
+            self._check_framing()
+
+    def on_message_begin(self) -> None:
+        if not self._over_header_limit:  # nothing after a refused request is parsed into one
+            super().on_message_begin()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_body:
+            # A trailer: counted, never added to the request's headers (which the app has read,
+            # and which a trailer must not change, e.g. the deadline in X-Reward-Timeout-Ms).
+            self._framing_bytes += len(name) + len(value) + 4
+            self._check_framing()
+        elif not self._over_header_limit:
+            super().on_header(name, value)
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     def on_headers_complete(self) -> None:
+        if self._over_header_limit:
+            return  # a request pipelined after one refused: never run
         self._headers_seen += 1
         self._between_requests = False
         self._stop_awaiting_headers()
         if self._parsed_header_bytes() > self.limits.max_header_bytes:
             # Neither the app nor the body: the request is refused and the connection closed, once
             # the requests pipelined before it have had their answers.
-            self._over_header_limit = True
-            if self._answers_pending():
-                self.flow.pause_reading()
-            else:
-                self._refuse_header_size()
+            self._refuse_over_header_limit()
             return
-        self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle.scope is self.scope:  # not a websocket's upgrade
+            self._in_body, self._framing_bytes = True, 0
+            self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
 
     def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
         if not self._over_header_limit:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
         if self._over_header_limit:
             return
+        self._in_body = False
         self._between_requests = True
         self._header_bytes = 0  # the next request's headers start here
         self._stop_awaiting_body()
+        self.draining.pop(self, None)
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self._over_header_limit and not self._answers_pending():
             self._refuse_header_size()
+        elif self._in_body and self.cycle.response_complete and not self.transport.is_closing():
+            # Answered before its body was read: the rest of the body is read (and dropped) until
+            # the body timeout, so that a client still sending it gets to read the answer.
+            if self._body_timer is None:
+                self.transport.close()  # that timeout has passed already
+            else:
+                self.draining[self] = None
+
+    def _refuse_over_header_limit(self) -> None:
+        """Refuse the request whose headers are over the limit: at once, or (keeping its place in a
+        pipeline) once the requests before it on the connection have had their answers."""
+        self._over_header_limit = True
+        if self._answers_pending():
+            self.flow.pause_reading()
+        else:
+            self._refuse_header_size()
+
+    def _check_framing(self) -> None:
+        if self._framing_bytes > self.limits.max_header_bytes:
+            self._end_request(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+                "a chunked body's trailers and chunk framing exceed REWARD_MAX_HEADER_BYTES",
+            )
 
     def _answers_pending(self) -> bool:
         """Whether requests before this one on the connection still await their answers."""
@@ -297,13 +371,29 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def _body_timed_out(self) -> None:
         self._body_timer = None
-        if self.cycle is not None and self.cycle.more_body and not self.cycle.response_started:
-            self.cycle.disconnected = True  # the app's receive() now reports a disconnect
-            self.cycle.message_event.set()
-            self._reject(
+        if not self._in_body or self.cycle is None:
+            return
+        if self.cycle.response_complete:
+            self.transport.close()  # answered early; the rest of the body is not waited for
+        elif not self.cycle.response_started:
+            self._end_request(
                 b"HTTP/1.1 408 Request Timeout\r\n",
                 "request body not received within REWARD_BODY_TIMEOUT_S",
             )
+        # else the app is answering: the connection closes once it has (on_response_complete).
+
+    def _end_request(self, status_line: bytes, detail: str) -> None:
+        """End the request being read with this answer (only a close once the app has started its
+        own), and tell the app: its receive() reports a disconnect, its count this status."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            if not self.cycle.response_started:
+                note_connection_answer(self.cycle.scope, int(status_line.split()[1]))
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        if self.cycle is not None and self.cycle.response_started:
+            self.transport.close()
+        else:
+            self._reject(status_line, detail)
 
     def _reject(self, status_line: bytes, detail: str) -> None:
         if self.transport.is_closing():

@@ -24,6 +24,7 @@ from reward_service.scorers import ScorerRegistry
 
 UNKNOWN_SCORER_LABEL = "unknown"
 _SCORER_LABEL_KEY = "reward_scorer_label"
+_CONNECTION_ANSWER_KEY = "reward_connection_answer"
 # What the count says for a request whose handling ended without a response (an exception that
 # escaped every handler): the server answers it with 500.
 _NO_RESPONSE_STATUS = 500
@@ -32,6 +33,12 @@ _NO_RESPONSE_STATUS = 500
 def note_scorer_label(scope: Scope, label: str) -> None:
     """Record the scorer label the scoring path resolved for this request."""
     scope[_SCORER_LABEL_KEY] = label
+
+
+def note_connection_answer(scope: Scope, status: int) -> None:
+    """Record that the connection layer answered this request itself (a 408 for a body that stopped
+    arriving, say): the app then sees a disconnect, and whatever it answers is never sent."""
+    scope[_CONNECTION_ANSWER_KEY] = status
 
 
 class RequestCounter:
@@ -65,7 +72,7 @@ class RequestCounter:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            self._count(scope, status)
+            self._count(scope, scope.get(_CONNECTION_ANSWER_KEY, status))
 
     def _count(self, scope: Scope, status: int) -> None:
         matched = self._scoring_route(scope)

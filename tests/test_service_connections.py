@@ -4,6 +4,7 @@ stays reachable meanwhile."""
 
 from __future__ import annotations
 
+import json
 import re
 import resource
 import socket
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from demo import run as demo_run
+from harness.metrics import metric, read_metrics
 
 HEADER_TIMEOUT_S = 3
 MAX_CONNECTIONS = 500
@@ -221,3 +223,159 @@ def test_when_every_connection_is_busy_a_new_one_gets_503_with_retry_after_and_a
         assert time.monotonic() < deadline
         time.sleep(0.1)
     httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).raise_for_status()
+
+
+def score_request(texts: int = 1, extra_headers: bytes = b"") -> bytes:
+    body = json.dumps({"texts": [f"text {i} " + "word " * 300 for i in range(texts)]}).encode()
+    return (
+        b"POST /score HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        + extra_headers
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+
+def score_count(port: int, status: str) -> float:
+    text = read_metrics(f"http://127.0.0.1:{port}")
+    return metric(text, f'reward_requests_total{{route="/score",scorer="roberta-hate",status="{status}"}}')
+
+
+def statuses_of(answers: bytes) -> list[bytes]:
+    return re.findall(rb"HTTP/1\.1 (\d+)", answers)
+
+
+def send_ignoring_a_close(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused and closed before all of it was read: the answer is read after
+
+
+def test_nothing_pipelined_after_a_request_refused_for_its_headers_is_run(service: tuple[int, Path]) -> None:
+    """Requests after one refused with 431 are neither run nor answered: the connection ends with the
+    431, at once (not when the body timeout of a request it half parsed runs out)."""
+    port, _ = service
+    oversized = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 12_000 + b"\r\n\r\n"
+    for before, statuses in ((b"", [b"431"]), (score_request(), [b"200", b"431"])):
+        scored = score_count(port, "200") + score_count(port, "400")
+        started = time.monotonic()
+        with connect(port) as sock:
+            send_ignoring_a_close(sock, before + oversized + score_request())
+            answers = answer_of(sock)
+        assert statuses_of(answers) == statuses, answers[:300]
+        assert time.monotonic() - started < 3  # the body timeout here is 4 s
+        assert score_count(port, "200") + score_count(port, "400") == scored + len(statuses) - 1
+
+
+def test_an_answer_still_being_computed_is_sent_before_the_431_of_the_headers_after_it(
+    service: tuple[int, Path],
+) -> None:
+    """Headers over the limit that arrive in pieces while the request before them is being scored:
+    that request's answer first, then the 431."""
+    port, _ = service
+    with connect(port) as sock:
+        sock.sendall(score_request(texts=64) + b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 100)
+        time.sleep(0.005)  # a read of its own, while the 64 texts are scored
+        send_ignoring_a_close(sock, b"a" * 10_000)
+        answers = answer_of(sock)
+    assert statuses_of(answers) == [b"200", b"431"], answers[:300]
+
+
+def chunked_score_request(trailers: bytes) -> bytes:
+    body = json.dumps({"texts": ["I like you."]}).encode()
+    return (
+        b"POST /score HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        + b"%x\r\n%s\r\n0\r\n" % (len(body), body)
+        + trailers
+        + b"\r\n"
+    )
+
+
+def test_trailers_are_held_to_the_header_limit_and_never_change_the_requests_headers(
+    service: tuple[int, Path],
+) -> None:
+    port, _ = service
+    # A trailer is not a header: this one would be a 422 if it set the request's deadline.
+    with connect(port) as sock:
+        sock.sendall(chunked_score_request(b"X-Reward-Timeout-Ms: nonsense\r\n"))
+        answer = answer_of(sock)
+    assert statuses_of(answer) == [b"200"], answer[:300]
+    # Trailers over REWARD_MAX_HEADER_BYTES (8192 here), sent whole or a piece at a time, of
+    # which httptools would otherwise gather any amount in memory.
+    big = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1_000) for i in range(20))
+    with connect(port) as sock:
+        send_ignoring_a_close(sock, chunked_score_request(big))
+        answer = answer_of(sock)
+    assert statuses_of(answer) == [b"431"] and b"trailers" in answer, answer[:300]
+    with connect(port) as sock:
+        request = chunked_score_request(b"X-Pad: " + b"a" * 1_000_000 + b"\r\n")
+        for start in range(0, len(request), 4_096):
+            send_ignoring_a_close(sock, request[start : start + 4_096])
+            if start == 65_536:
+                time.sleep(0.3)  # the refusal has been sent by now: the rest is not needed
+                sock.settimeout(0.5)
+                assert sock.recv(100).startswith(b"HTTP/1.1 431")
+                break
+        else:
+            raise AssertionError("a megabyte of trailers was read without a 431")
+
+
+def test_a_body_timeout_is_counted_as_the_408_it_sent(service: tuple[int, Path]) -> None:
+    port, _ = service
+    timed_out, bad = score_count(port, "408"), score_count(port, "400")
+    with connect(port) as sock:
+        sock.sendall(score_request()[:-10])
+        assert answer_of(sock).startswith(b"HTTP/1.1 408")
+    deadline = time.monotonic() + 5
+    while score_count(port, "408") < timed_out + 1:
+        assert time.monotonic() < deadline, "the 408 was never counted"
+        time.sleep(0.05)
+    assert score_count(port, "400") == bad
+
+
+def early_answer_then_dribble(port: int) -> socket.socket:
+    """A request answered before its body is read (its declared length is over the body limit: a
+    413 from the headers alone, as a 401 for a missing key would be); its body then dribbles in."""
+    sock = connect(port)
+    sock.sendall(b"POST /score HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000000\r\n\r\n")
+    return sock
+
+
+def test_a_body_dribbled_after_an_early_answer_holds_its_connection_no_longer_than_the_body_timeout(
+    service: tuple[int, Path],
+) -> None:
+    port, _ = service
+    with early_answer_then_dribble(port) as sock:
+        sock.settimeout(2)
+        assert sock.recv(100).startswith(b"HTTP/1.1 413")
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < 10:
+            try:
+                sock.send(b"x")
+                if sock.recv(100) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue  # not closed yet: one more byte, 2 s later
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+    assert closed and time.monotonic() - started < 6  # the body timeout here is 4 s
+
+
+def test_connections_reading_bodies_already_answered_make_room_for_new_clients(
+    service: tuple[int, Path],
+) -> None:
+    """Early answers (a 401 needs no key) with bodies dribbled after them cannot lock clients out."""
+    port, log = service
+    draining = [early_answer_then_dribble(port) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.5)  # every one answered
+        for _ in range(5):
+            assert healthz_status(port) == b"HTTP/1.1 200 OK"
+    finally:
+        for sock in draining:
+            sock.close()
+    assert "that had sent no complete request, to admit new ones" in log.read_text()
