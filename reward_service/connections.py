@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from reward_service.request_counter import note_connection_answer
@@ -173,6 +174,12 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     _chunks = 0  # chunk headers the parser has read on this connection
     # Bytes of the current request after its headers that were neither body nor allowed framing.
     _framing_bytes = 0
+    # A request that offers to switch to a protocol this server does not speak (curl --http2's
+    # "Upgrade: h2c") is served as the HTTP/1.1 request it also is: RFC 9110 (7.8) lets a server
+    # ignore the offer. httptools stops at its headers, so a fresh parser reads its body: the
+    # framing header it is primed with ("Content-Length: N", or b"" for no body) is kept here.
+    _ignored_upgrade: bytes | None = None
+    _priming = False  # the fresh parser is reading that framing header: no request of its own
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         limits = self.limits
@@ -234,7 +241,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         in_headers = self._reading_headers or self._between_requests
         in_body = self._in_body
         headers_seen, body_bytes, chunks = self._headers_seen, self._body_bytes, self._chunks
-        super().data_received(data)
+        self._parse(data)
         if self.transport.is_closing():
             return
         if in_headers and self._headers_seen == headers_seen:
@@ -251,11 +258,55 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._framing_bytes = max(0, self._framing_bytes + framing - allowed)
             self._check_framing()
 
+    def _parse(self, data: bytes) -> None:
+        """uvicorn's parsing of a chunk, with an offer to upgrade to an unknown protocol ignored."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._ignored_upgrade is not None:
+                self._parse_after_ignored_upgrade(data[upgrade.args[0] :])
+            elif self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            message = "Invalid HTTP request received."
+            self.logger.warning(message)
+            self.send_400_response(message)
+
+    def _parse_after_ignored_upgrade(self, rest: bytes) -> None:
+        framing, self._ignored_upgrade = self._ignored_upgrade or b"", None
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's parser
+        if framing:
+            self._priming = True
+            self.parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n")
+        if rest:
+            self.data_received(rest)
+
+    def _body_framing(self) -> bytes:
+        """The header that frames this request's body, for a parser that did not read its headers."""
+        for name, value in self.headers:
+            if name == b"transfer-encoding" and b"chunked" in value.lower():
+                return b"Transfer-Encoding: chunked\r\n"
+        for name, value in self.headers:
+            if name == b"content-length" and value.strip() not in (b"", b"0"):
+                return b"Content-Length: " + value.strip() + b"\r\n"
+        return b""
+
     def on_message_begin(self) -> None:
-        if not self._over_header_limit:  # nothing after a refused request is parsed into one
+        # Nothing after a refused request is parsed into one; a priming header block is none.
+        if not self._over_header_limit and not self._priming:
             super().on_message_begin()
 
+    def on_url(self, url: bytes) -> None:
+        if not self._priming:
+            super().on_url(url)
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._priming:
+            return
         if self._in_body:
             # A trailer: counted, never added to the request's headers (which the app has read,
             # and which a trailer must not change, e.g. the deadline in X-Reward-Timeout-Ms).
@@ -268,6 +319,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._chunks += 1
 
     def on_headers_complete(self) -> None:
+        if self._priming:
+            self._priming = False  # the request whose body follows was started from its own headers
+            return
         if self._over_header_limit:
             return  # a request pipelined after one refused: never run
         self._headers_seen += 1
@@ -280,6 +334,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             return
         super().on_headers_complete()
         if self.cycle is not None and self.cycle.scope is self.scope:  # not a websocket's upgrade
+            if self.parser.should_upgrade():
+                self._ignored_upgrade = self._body_framing()
             self._in_body, self._framing_bytes = True, 0
             self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
 
@@ -289,8 +345,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if self._over_header_limit:
-            return
+        if self._over_header_limit or self._ignored_upgrade:
+            return  # refused; or httptools stopping at an upgrade's headers, before their body
         self._in_body = False
         self._between_requests = True
         self._header_bytes = 0  # the next request's headers start here

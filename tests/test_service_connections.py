@@ -379,3 +379,31 @@ def test_connections_reading_bodies_already_answered_make_room_for_new_clients(
         for sock in draining:
             sock.close()
     assert "that had sent no complete request, to admit new ones" in log.read_text()
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_offer_to_upgrade_to_h2c_is_ignored_and_the_request_served_with_its_body(
+    service: tuple[int, Path], framing: str
+) -> None:
+    """`curl --http2 http://...` offers "Upgrade: h2c"; the request is served as HTTP/1.1, body and
+    all, and the connection goes on to the next request (it used to be a 422: body missing)."""
+    port, _ = service
+    body = json.dumps({"texts": ["I like you.", "You are awful."]}).encode()
+    if framing == "chunked":
+        framed = b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    else:
+        framed = b"Content-Length: %d\r\n\r\n" % len(body) + body
+    offer = (
+        b"POST /score HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nContent-Type: application/json\r\n" + framed
+    )
+    plain = score_request(extra_headers=b"Connection: close\r\n")
+    with connect(port) as sock:
+        sock.sendall(offer + plain)
+        answers = answer_of(sock)
+    assert statuses_of(answers) == [b"200", b"200"], answers[:400]
+    first = json.loads(answers.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1", 1)[0])
+    expected = httpx.post(
+        f"http://127.0.0.1:{port}/score", content=body, headers={"content-type": "application/json"}
+    )
+    assert first["scores"] == expected.json()["scores"] and len(first["scores"]) == 2
