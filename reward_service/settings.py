@@ -238,6 +238,16 @@ class ServiceSettings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_no_key(cls, value: object) -> object:
+        # `REWARD_API_KEY=` in .env, or the variable set to "", means no authentication (as documented),
+        # not a required empty key; the clients read a blank key the same way (shared.client).
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(secret, str) and not secret.strip():
+            return None
+        return value
+
     @field_validator("openrlhf_strip_pattern")
     @classmethod
     def _valid_regex(cls, value: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -33,6 +35,19 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.api_key is not None and settings.api_key.get_secret_value() == "abc"
     assert "abc" not in repr(settings)  # a secret never shows in logs of the settings
     assert settings.max_items_per_request == 10 and settings.max_text_chars == 99
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_api_key_means_no_authentication(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, blank: str
+) -> None:
+    # .env.example: "Empty: no authentication", whether `REWARD_API_KEY=` in .env or in the environment.
+    (tmp_path / ".env").write_text(f"REWARD_API_KEY={blank}\n")
+    monkeypatch.delenv("REWARD_API_KEY", raising=False)
+    assert ServiceSettings(_env_file=tmp_path / ".env").api_key is None
+    monkeypatch.setenv("REWARD_API_KEY", blank)
+    assert ServiceSettings(_env_file=None).api_key is None
+    assert ServiceSettings(_env_file=None, api_key=blank).api_key is None
 
 
 @pytest.mark.parametrize(
