@@ -29,7 +29,11 @@ SETTINGS_ENV = "REWARD_SETTINGS_JSON"
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="REWARD_", env_file=".env", extra="ignore")
+    # env_ignore_empty: `REWARD_X=` (in .env or the environment) leaves X at its default, as
+    # .env.example's empty lines show, rather than failing to parse "" as a number or JSON.
+    model_config = SettingsConfigDict(
+        env_prefix="REWARD_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     scorers: Annotated[list[str], NoDecode] = Field(
         default=["roberta-hate"],

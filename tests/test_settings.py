@@ -50,10 +50,19 @@ def test_a_blank_api_key_means_no_authentication(
     assert ServiceSettings(_env_file=None, api_key=blank).api_key is None
 
 
+def test_an_empty_variable_leaves_its_setting_at_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `REWARD_X=` as .env.example shows unset settings; the internal one once crashed the service.
+    for name in ("REWARD_ENGINE_ADDRESSES", "REWARD_MAX_BATCH_PADDING_TOKENS", "REWARD_SCORERS"):
+        monkeypatch.setenv(name, "")
+    settings = ServiceSettings(_env_file=None)
+    assert settings.engine_addresses == {} and settings.max_batch_padding_tokens is None
+    assert settings.scorers == ["roberta-hate"]
+
+
 @pytest.mark.parametrize(
     "env",
     [
-        {"REWARD_SCORERS": ""},
+        {"REWARD_SCORERS": " , "},
         {"REWARD_SCORERS": "roberta-hate,roberta-hate"},
         {"REWARD_MAX_ITEMS_PER_REQUEST": "0"},
         {"REWARD_QUEUE_CAPACITY": "10", "REWARD_MAX_ITEMS_PER_REQUEST": "100"},
