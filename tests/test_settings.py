@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from reward_service.metrics import ServiceMetrics
-from reward_service.scorers import build_registry
-from reward_service.settings import DEFAULT_ROBERTA_MODEL, ServiceSettings
+from reward_service.scorers import SCORER_FACTORIES
+from reward_service.settings import DEFAULT_ROBERTA_MODEL, SCORER_BACKENDS, ServiceSettings
 
 
 def test_defaults_match_the_documented_interface(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,14 +22,14 @@ def test_defaults_match_the_documented_interface(monkeypatch: pytest.MonkeyPatch
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REWARD_SCORERS", " roberta-hate , other ")
+    monkeypatch.setenv("REWARD_SCORERS", " roberta-hate , claude-bedrock ")
     monkeypatch.setenv("REWARD_ROBERTA_MODEL", "/models/roberta")
     monkeypatch.setenv("REWARD_DEVICE", "cuda:1")
     monkeypatch.setenv("REWARD_API_KEY", "abc")
     monkeypatch.setenv("REWARD_MAX_ITEMS_PER_REQUEST", "10")
     monkeypatch.setenv("REWARD_MAX_TEXT_CHARS", "99")
     settings = ServiceSettings(_env_file=None)
-    assert settings.scorers == ["roberta-hate", "other"]
+    assert settings.scorers == ["roberta-hate", "claude-bedrock"]
     assert settings.roberta_model == "/models/roberta" and settings.device == "cuda:1"
     assert settings.api_key is not None and settings.api_key.get_secret_value() == "abc"
     assert "abc" not in repr(settings)  # a secret never shows in logs of the settings
@@ -78,6 +77,9 @@ def test_bad_settings_fail_at_start(monkeypatch: pytest.MonkeyPatch, env: dict[s
 
 
 def test_unknown_scorer_name_fails_at_start_listing_the_available_ones() -> None:
-    settings = ServiceSettings(_env_file=None, scorers="roberta-hate,gpt-judge")
-    with pytest.raises(ValueError, match="gpt-judge.*available: roberta-hate"):
-        build_registry(settings, ServiceMetrics())
+    with pytest.raises(ValidationError, match="gpt-judge.*available: roberta-hate"):
+        ServiceSettings(_env_file=None, scorers="roberta-hate,gpt-judge")
+
+
+def test_the_names_the_settings_accept_are_the_backends_the_registry_builds() -> None:
+    assert set(SCORER_BACKENDS) == set(SCORER_FACTORIES)
