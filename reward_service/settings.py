@@ -190,7 +190,8 @@ class ServiceSettings(BaseSettings):
         default=16,
         ge=1,
         le=1024,
-        description="Bedrock calls in flight at once (threads and pooled connections).",
+        description="Bedrock calls in flight at once for live requests (threads); the connection pool "
+        "has twice as many, for calls of ended requests still finishing.",
     )
     bedrock_template: str = Field(
         default="toxicity",
