@@ -123,7 +123,7 @@ def test_full_queue_gives_503_with_retry_after(
             assert third.result().headers["retry-after"] == "2"
             assert first.result().status_code == 200 and second.result().status_code == 200
         assert (
-            'reward_rejected_items_total{scorer="roberta-hate"} 16.0'
+            'reward_rejected_items_total{reason="queue_full",scorer="roberta-hate"} 16.0'
             in httpx.get(server.url + "/metrics").text
         )
 
