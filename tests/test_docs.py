@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from reward_service.settings import ServiceSettings
 from shared.schemas import ScoreResponse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +22,17 @@ def test_every_cited_test_exists() -> None:
             if not source.is_file() or (name and not re.search(rf"^def {name}\(", source.read_text(), re.M)):
                 missing.append(f"{doc.name}: {path}{'::' + name if name else ''}")
     assert missing == []
+
+
+def test_readme_names_every_setting() -> None:
+    # README points its readers to "every setting": a variable it never names is one they cannot find.
+    # REWARD_ENGINE_ADDRESSES is internal (`reward-service --workers N` sets it for its workers).
+    prefix = ServiceSettings.model_config["env_prefix"]
+    variables = {f"{prefix}{name}".upper() for name in ServiceSettings.model_fields} - {
+        "REWARD_ENGINE_ADDRESSES"
+    }
+    readme = (ROOT / "README.md").read_text()
+    assert sorted(v for v in variables if f"`{v}`" not in readme) == []
 
 
 def test_readme_shows_every_field_of_the_score_answer() -> None:
