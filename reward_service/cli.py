@@ -21,7 +21,7 @@ import tempfile
 
 import uvicorn
 from pydantic import ValidationError
-from pydantic_settings import CliSettingsSource
+from pydantic_settings import CliSettingsSource, SettingsError
 
 from reward_service import __version__
 from reward_service.app import create_app, default_scorer_error
@@ -68,8 +68,26 @@ def parse_settings(argv: list[str] | None = None) -> ServiceSettings:
     args = sys.argv[1:] if argv is None else argv
     try:
         return ServiceSettings(_cli_settings_source=flags(args=args))
-    except ValidationError as exc:
-        parser.exit(2, f"{parser.prog}: invalid settings (flags, REWARD_* variables or .env): {exc}\n")
+    except (ValidationError, SettingsError) as exc:
+        parser.exit(
+            2, f"{parser.prog}: invalid settings (flags, REWARD_* variables or .env): {_reasons(exc)}\n"
+        )
+
+
+def _reasons(exc: ValidationError | SettingsError) -> str:
+    """One line: each bad setting by its flag and variable, with pydantic's reason (its own text
+    spans lines and links to its docs)."""
+    if isinstance(exc, SettingsError):
+        # A value the source could not decode (not JSON where JSON is needed): the decoder says where.
+        return f"{exc}: {exc.__cause__}" if exc.__cause__ else str(exc)
+    reasons = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = f"--{field.replace('_', '-')} / REWARD_{field.upper()}: " if field else ""
+        # The value given, but never the key's, and not the whole input of a check across settings.
+        given = "" if not field or field == "api_key" else f", not {error['input']!r}"
+        reasons.append(name + error["msg"].removeprefix("Value error, ") + given)
+    return "; ".join(reasons)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,12 +12,23 @@ from __future__ import annotations
 import os
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.samples import Sample
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Refusals are counted where they are decided: by the front end before tokenizing, by an engine on
+# arrival. Both count under this one name, documentation and labels, and /metrics shows one series
+# per scorer and reason.
+REJECTED_ITEMS = "reward_rejected_items"
+REJECTED_ITEMS_HELP = (
+    "Items refused with 503, by reason: queue_full (the scorer's queue had no room) or deadline "
+    "(they could not be scored before the request's deadline)."
+)
+REJECTED_ITEMS_LABELS = ("scorer", "reason")
 
 
 class ServiceMetrics:
@@ -58,6 +69,7 @@ class ServiceMetrics:
         self.cache_hits = Counter(
             "reward_cache_hits", "Texts answered from a scorer's cache.", ["scorer"], registry=r
         )
+        self.rejected = Counter(REJECTED_ITEMS, REJECTED_ITEMS_HELP, REJECTED_ITEMS_LABELS, registry=r)
 
     def add_engine_metrics(self, directory: str) -> None:
         """Export the figures that engines write into `directory`."""
@@ -72,4 +84,27 @@ class ServiceMetrics:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=shared)
             return generate_latest(registry)
-        return generate_latest(self.registry)
+        return generate_latest(_OneFamilyPerName(self.registry))
+
+
+class _OneFamilyPerName:
+    """The registry's families, those of the same name merged and their samples of one series
+    summed: this process and its engines both count `REJECTED_ITEMS`, and Prometheus refuses a
+    family that appears twice. (With several workers, MultiProcessCollector merges them itself.)"""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> list[Metric]:
+        families: dict[str, Metric] = {}
+        series: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Sample]] = {}
+        for family in self._registry.collect():
+            families.setdefault(family.name, family)
+            samples = series.setdefault(family.name, {})
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                known = samples.get(key)
+                samples[key] = sample if known is None else known._replace(value=known.value + sample.value)
+        for name, family in families.items():
+            family.samples = list(series[name].values())
+        return list(families.values())

@@ -26,10 +26,16 @@ DEFAULT_BEDROCK_MODEL = "us.anthropic.claude-haiku-4-5-20251001-v1:0"
 # The one variable through which `reward-service --workers N` hands its settings to the workers.
 # No field has this name, so the settings source ignores it.
 SETTINGS_ENV = "REWARD_SETTINGS_JSON"
+# The scorer backends reward_service.scorers builds, by name; ensembles of them are named in settings.
+SCORER_BACKENDS = ("roberta-hate", "claude-bedrock")
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="REWARD_", env_file=".env", extra="ignore")
+    # env_ignore_empty: `REWARD_X=` (in .env or the environment) leaves X at its default, as
+    # .env.example's empty lines show, rather than failing to parse "" as a number or JSON.
+    model_config = SettingsConfigDict(
+        env_prefix="REWARD_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     scorers: Annotated[list[str], NoDecode] = Field(
         default=["roberta-hate"],
@@ -184,7 +190,8 @@ class ServiceSettings(BaseSettings):
         default=16,
         ge=1,
         le=1024,
-        description="Bedrock calls in flight at once (threads and pooled connections).",
+        description="Bedrock calls in flight at once for live requests (threads); the connection pool "
+        "has twice as many, for calls of ended requests still finishing.",
     )
     bedrock_template: str = Field(
         default="toxicity",
@@ -224,7 +231,9 @@ class ServiceSettings(BaseSettings):
     )
     host: str = Field(default="0.0.0.0", description="Interface to bind.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port to bind.")
-    log_level: str = Field(default="info", description="debug, info, warning or error.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="debug, info, warning or error."
+    )
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="'json': one JSON object per line (time, level, logger, message, request_id), "
@@ -236,6 +245,16 @@ class ServiceSettings(BaseSettings):
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_no_key(cls, value: object) -> object:
+        # `REWARD_API_KEY=` in .env, or the variable set to "", means no authentication (as documented),
+        # not a required empty key; the clients read a blank key the same way (shared.client).
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(secret, str) and not secret.strip():
+            return None
         return value
 
     @field_validator("openrlhf_strip_pattern")
@@ -265,6 +284,11 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"REWARD_SCORERS names a scorer twice: {value}")
         return value
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
     @field_validator("ensembles", mode="before")
     @classmethod
     def _parse_ensembles(cls, value: object) -> object:
@@ -284,6 +308,31 @@ class ServiceSettings(BaseSettings):
                 "REWARD_ENGINE_HEARTBEAT_TIMEOUT_S must be longer than REWARD_ENGINE_HEARTBEAT_INTERVAL_S, "
                 "or a healthy engine would be killed between two heartbeats"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _scorers_can_be_built(self) -> ServiceSettings:
+        clashes = [name for name in self.ensembles if name in SCORER_BACKENDS]
+        if clashes:
+            raise ValueError(
+                f"REWARD_ENSEMBLES reuses scorer name(s) {clashes}; give the ensemble another name"
+            )
+        unknown = [
+            name for name in self.scorers if name not in SCORER_BACKENDS and name not in self.ensembles
+        ]
+        if unknown:
+            raise ValueError(
+                f"REWARD_SCORERS names unknown scorer(s) {unknown}; available: "
+                f"{', '.join([*SCORER_BACKENDS, *self.ensembles])}"
+            )
+        loaded = [name for name in self.scorers if name in SCORER_BACKENDS]
+        for name, weights in self.ensembles.items():
+            missing = [member for member in weights if member not in loaded]
+            if missing:
+                raise ValueError(
+                    f"REWARD_ENSEMBLES '{name}' uses {missing}, which REWARD_SCORERS does not load; members "
+                    f"must be scorers listed in REWARD_SCORERS (available: {', '.join(SCORER_BACKENDS)})"
+                )
         return self
 
     def serialize(self) -> str:

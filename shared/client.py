@@ -148,6 +148,15 @@ class _ServerPool:
         self._failures.pop(url, None)
 
 
+def api_key_or_env(api_key: str | None) -> str | None:
+    """`api_key`, else $REWARD_API_KEY. A blank key (`REWARD_API_KEY=` in .env) is no key, as the
+    service reads it: sending `Bearer ` would be refused by the service and is no valid header."""
+    for key in (api_key, os.environ.get("REWARD_API_KEY")):
+        if key is not None and key.strip():
+            return key
+    return None
+
+
 def parse_base_urls(base_urls: str | Sequence[str]) -> list[str]:
     """Accept one URL, a comma-separated list, or a sequence of URLs."""
     raw = base_urls.split(",") if isinstance(base_urls, str) else list(base_urls)
@@ -385,10 +394,10 @@ class _ClientBase:
         """`timeout_s` bounds one attempt; `retry.max_total_s` bounds the whole call (all attempts)."""
         self.retry = retry or RetryPolicy()
         self._pool = _ServerPool(parse_base_urls(base_urls), self.retry.max_down_s)
-        key = api_key if api_key is not None else os.environ.get("REWARD_API_KEY")
+        key = api_key_or_env(api_key)
         # Only encodings that shared.bounded_body decodes within the answer's size limit.
         self._headers = {"Accept-Encoding": ACCEPT_ENCODING}
-        if key:
+        if key is not None:
             self._headers["Authorization"] = f"Bearer {key}"
         self._attempt_timeout_s = timeout_s
         if max_items_per_request is not None and max_items_per_request < 1:

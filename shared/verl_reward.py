@@ -7,7 +7,7 @@ it can point at a server is a custom reward function (`custom_reward_function.pa
       path: pkg://shared.verl_reward         # or this file's path
       name: compute_score                    # compute_score_async, or compute_score_batch
       reward_kwargs:                         # passed to the function by verl
-        url: http://rm:8000                  # else $REWARD_SERVICE_URL; several: comma-separated
+        url: http://rm:8000                  # else $REWARD_SERVICE_URL, then $REWARD_URL (comma-separated)
         scorer: roberta-hate                 # optional: the service's default scorer
 
 `solution_str` (the decoded response) is scored alone with `/score`; `ground_truth` and
@@ -24,17 +24,19 @@ from typing import Any
 
 from shared.client import AsyncRewardClient, RewardClient
 
-URL_VARIABLE = "REWARD_SERVICE_URL"
+# REWARD_URL too: the trainer's variable, the one .env.example documents for every client.
+URL_VARIABLES = ("REWARD_SERVICE_URL", "REWARD_URL")
 
 _clients: dict[tuple[str, str | None, float], RewardClient] = {}
 _async_clients: dict[tuple[int, str, str | None, float], AsyncRewardClient] = {}
 
 
 def _url(url: str | None) -> str:
-    found = url or os.environ.get(URL_VARIABLE)
+    found = url or next((value for name in URL_VARIABLES if (value := os.environ.get(name))), None)
     if not found:
         raise ValueError(
-            f"no reward service URL: set custom_reward_function.reward_kwargs.url or ${URL_VARIABLE}"
+            "no reward service URL: set custom_reward_function.reward_kwargs.url, "
+            + " or ".join(f"${name}" for name in URL_VARIABLES)
         )
     return found
 

@@ -26,6 +26,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.engine_gate import EngineGate
 from harness.live_server import serving
@@ -819,10 +820,30 @@ def test_before_the_engine_has_answered_once_tokenizing_alone_is_the_rate_refusa
             headers={"X-Reward-Timeout-Ms": "300"},  # 50 ms after the margin
             timeout=60,
         )
+        # A body small enough to be read first, with 1 ms left after the margin: refused by the
+        # front end, before tokenizing, and counted with its items and why.
+        small = httpx.post(
+            server.url + "/score",
+            json={"texts": [LONG_TEXT] * 80},
+            headers={"X-Reward-Timeout-Ms": "251"},
+            timeout=60,
+        )
+        metrics = httpx.get(server.url + "/metrics").text
         gate.open()
         assert held.result().status_code == 200
     assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
     assert "before its deadline" in refused.json()["detail"]
+    assert small.status_code == 503 and "before its deadline" in small.json()["detail"]
+    rejected = {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "reward_rejected_items"
+        for sample in family.samples
+        if sample.name == "reward_rejected_items_total"
+    }
+    # Once each (Prometheus refuses a repeated series); the body refused unread has no item count.
+    assert metrics.count("# HELP reward_rejected_items_total") == 1
+    assert rejected == {"deadline": 80.0, "queue_full": 0.0}
 
 
 def _post_headers(port: int, length: int, timeout_ms: int) -> bytes:

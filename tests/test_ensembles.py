@@ -57,6 +57,7 @@ def settings(**values: object) -> ServiceSettings:
 
 
 def test_ensembles_parse_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REWARD_SCORERS", "roberta-hate,claude-bedrock")
     monkeypatch.setenv(
         "REWARD_ENSEMBLES", "safety=roberta-hate:0.5, claude-bedrock:0.5 ; judge=claude-bedrock:2"
     )
@@ -93,9 +94,9 @@ def test_bad_ensemble_specs_are_refused_with_the_reason(spec: str, message: str)
         ({"scorers": ["roberta-hate"], "ensembles": "a=roberta-hate:1;b=a:1"}, r"uses \['a'\]"),
     ],
 )  # fmt: skip
-def test_registry_refuses_ensembles_it_cannot_build(values: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        build_registry(settings(**values), ServiceMetrics())
+def test_settings_refuse_ensembles_the_registry_cannot_build(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        settings(**values)
 
 
 def test_an_ensemble_can_be_the_default_and_is_listed_with_the_scorers() -> None:

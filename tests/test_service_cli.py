@@ -117,6 +117,40 @@ def test_a_bad_flag_exits_2_saying_what_is_wrong(
     assert status == 2 and message in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--log-level", "loud"], {}, "--log-level / REWARD_LOG_LEVEL: Input should be 'debug', 'info'"),
+        ([], {"REWARD_LOG_LEVEL": "loud"}, "REWARD_LOG_LEVEL: Input should be 'debug'"),
+        (["--scorers", "roberta-hate,foo"], {}, "unknown scorer(s) ['foo']; available: roberta-hate"),
+        (
+            [],
+            {"REWARD_ENSEMBLES": "safety=roberta-hate:0.5,claude-bedrock:0.5"},
+            "REWARD_ENSEMBLES 'safety' uses ['claude-bedrock'], which REWARD_SCORERS does not load",
+        ),
+        (
+            [],
+            {"REWARD_ENGINE_ADDRESSES": "not json"},
+            'field "engine_addresses" from source "EnvSettingsSource"',
+        ),
+        ([], {"REWARD_PORT": "eighty"}, "--port / REWARD_PORT: Input should be a valid integer"),
+    ],
+)
+def test_invalid_settings_exit_2_with_one_line_saying_why(
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # docs/reliability.md: "exits with status 2 and pydantic's reason", before anything starts.
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    status, _, err = run_main(argv, capsys)
+    assert status == 2 and message in err, err
+    assert err.startswith("reward-service: invalid settings") and err.count("\n") == 1, err
+
+
 def test_flag_values_reach_the_processes_the_command_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REWARD_BEDROCK_REGION", "eu-west-1")
     given = parse_settings(

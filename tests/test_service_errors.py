@@ -13,6 +13,7 @@ from harness.engine_gate import EngineGate, wait_for_items_sent
 from harness.live_server import LiveServer, serving
 from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
+from shared import RetryPolicy, RewardClient
 
 
 def post(server: LiveServer, path: str, body: object) -> httpx.Response:
@@ -122,9 +123,20 @@ def test_full_queue_gives_503_with_retry_after(
             assert third.result().headers["retry-after"] == "2"
             assert first.result().status_code == 200 and second.result().status_code == 200
         assert (
-            'reward_rejected_items_total{scorer="roberta-hate"} 16.0'
+            'reward_rejected_items_total{reason="queue_full",scorer="roberta-hate"} 16.0'
             in httpx.get(server.url + "/metrics").text
         )
+
+
+def test_an_empty_api_key_variable_leaves_the_service_open_and_the_client_sends_no_key(
+    tiny_roberta: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `REWARD_API_KEY=` (.env.example: "Empty: no authentication") on both sides of the connection.
+    monkeypatch.setenv("REWARD_API_KEY", " ")
+    with serving(create_app(service_settings(tiny_roberta))) as server:
+        assert httpx.post(server.url + "/score", json={"texts": ["a"]}).status_code == 200
+        with RewardClient(server.url, retry=RetryPolicy(max_attempts=1)) as client:
+            assert len(client.score(["a"]).scores) == 1
 
 
 def test_api_key_guards_every_route_but_health(tiny_roberta: Path) -> None:

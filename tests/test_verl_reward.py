@@ -79,9 +79,26 @@ def test_compute_score_async_takes_the_url_from_the_environment(
     assert asyncio.run(run()) == pytest.approx(expected(live_service), abs=TOL)
 
 
+def test_the_url_can_come_from_reward_url_as_env_example_documents(
+    live_service: LiveServer, verl_module: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # .env.example documents REWARD_URL for every client; verl's own REWARD_SERVICE_URL comes first.
+    monkeypatch.delenv("REWARD_SERVICE_URL", raising=False)
+    monkeypatch.setenv("REWARD_URL", live_service.url)
+    assert verl_module.compute_score("toxicity", TEXTS[0]) == pytest.approx(
+        expected(live_service)[0], abs=TOL
+    )
+    monkeypatch.setenv("REWARD_URL", "not a url")
+    monkeypatch.setenv("REWARD_SERVICE_URL", live_service.url)
+    assert verl_module.compute_score("toxicity", TEXTS[0]) == pytest.approx(
+        expected(live_service)[0], abs=TOL
+    )
+
+
 def test_no_url_is_a_clear_error(verl_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REWARD_SERVICE_URL", raising=False)
-    with pytest.raises(ValueError, match="REWARD_SERVICE_URL"):
+    monkeypatch.delenv("REWARD_URL", raising=False)
+    with pytest.raises(ValueError, match=r"reward_kwargs.url, \$REWARD_SERVICE_URL or \$REWARD_URL"):
         verl_module.compute_score("toxicity", "text")
 
 

@@ -22,6 +22,7 @@ import yaml
 from trl import GRPOConfig, ModelConfig, RLOOConfig, ScriptArguments, TrlParser
 from trl.experimental.ppo import PPOConfig
 
+from shared.client import api_key_or_env
 from trainer.shipped_configs import shipped_configs, with_shipped_config
 from trainer.usage import UsageError
 
@@ -164,7 +165,7 @@ class RLAIFArguments(ScriptArguments):
     )
 
     def api_key(self) -> str | None:
-        return self.reward_api_key or os.environ.get("REWARD_API_KEY")
+        return api_key_or_env(self.reward_api_key)
 
     def evaluation_scorer(self) -> str | None:
         """--eval_scorer, else the (first) training scorer; None = the service's default."""

@@ -263,7 +263,7 @@ class EngineCore:
         ]
         why = self.admission.refusal(len(token_ids), message.budget_s or None, queued)
         if why is not None:
-            self.metrics.rejected.inc(len(message.lengths))
+            self.metrics.rejected_deadline.inc(len(message.lengths))
             detail = f"scorer '{self.config.scorer}' cannot score this request before its deadline: {why}"
             self._send(client, EngineFailure(message.request_id, "overloaded", detail))
             return
@@ -276,7 +276,7 @@ class EngineCore:
             sender_idle=message.sender_idle,
         )
         if not self.scheduler.add(request):
-            self.metrics.rejected.inc(len(message.lengths))
+            self.metrics.rejected_queue_full.inc(len(message.lengths))
             detail = (
                 f"scorer '{self.config.scorer}' queue is full ({self.scheduler.waiting_items} items waiting)"
             )

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from reward_service.metrics import LATENCY_BUCKETS, SIZE_BUCKETS, TOKEN_BUCKETS
+from reward_service.metrics import (
+    LATENCY_BUCKETS,
+    REJECTED_ITEMS,
+    REJECTED_ITEMS_HELP,
+    REJECTED_ITEMS_LABELS,
+    SIZE_BUCKETS,
+    TOKEN_BUCKETS,
+)
 
 
 class EngineMetrics:
@@ -38,9 +45,9 @@ class EngineMetrics:
             ["scorer"],
             multiprocess_mode="livesum",
         ).labels(scorer)
-        self.rejected = Counter(
-            "reward_rejected_items", "Items refused because the queue was full.", ["scorer"]
-        ).labels(scorer)
+        rejected = Counter(REJECTED_ITEMS, REJECTED_ITEMS_HELP, REJECTED_ITEMS_LABELS)
+        self.rejected_queue_full = rejected.labels(scorer, "queue_full")
+        self.rejected_deadline = rejected.labels(scorer, "deadline")
         self.abandoned = Counter(
             "reward_abandoned_items", "Queued items dropped because their client went away.", ["scorer"]
         ).labels(scorer)

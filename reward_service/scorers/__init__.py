@@ -33,6 +33,7 @@ def _claude_bedrock(
 
 
 ScorerFactory = Callable[[str, ServiceSettings, ServiceMetrics, EnginePool], Scorer]
+# One per name in settings.SCORER_BACKENDS, which the settings check REWARD_SCORERS against.
 SCORER_FACTORIES: dict[str, ScorerFactory] = {
     "roberta-hate": _roberta_hate,
     "claude-bedrock": _claude_bedrock,
@@ -71,32 +72,18 @@ class ScorerRegistry:
 
 def build_registry(settings: ServiceSettings, metrics: ServiceMetrics) -> ScorerRegistry:
     """The scorers of REWARD_SCORERS, then the ensembles of REWARD_ENSEMBLES not listed there, with
-    the engine pool that the model scorers among them share."""
-    ensembles = settings.ensembles
-    clashes = [name for name in ensembles if name in SCORER_FACTORIES]
-    if clashes:
-        raise ValueError(f"REWARD_ENSEMBLES reuses scorer name(s) {clashes}; give the ensemble another name")
-    unknown = [name for name in settings.scorers if name not in SCORER_FACTORIES and name not in ensembles]
-    if unknown:
-        raise ValueError(
-            f"REWARD_SCORERS names unknown scorer(s) {unknown}; available: "
-            f"{', '.join([*SCORER_FACTORIES, *ensembles])}"
-        )
+    the engine pool that the model scorers among them share. The settings have checked that each
+    name is a backend of SCORER_FACTORIES or an ensemble of loaded backends."""
     engines = EnginePool(settings, metrics)
     loaded = {
         name: SCORER_FACTORIES[name](name, settings, metrics, engines)
         for name in settings.scorers
         if name in SCORER_FACTORIES
     }
-    combined: dict[str, Scorer] = {}
-    for name, weights in ensembles.items():
-        missing = [member for member in weights if member not in loaded]
-        if missing:
-            raise ValueError(
-                f"REWARD_ENSEMBLES '{name}' uses {missing}, which REWARD_SCORERS does not load; members "
-                f"must be scorers listed in REWARD_SCORERS (available: {', '.join(SCORER_FACTORIES)})"
-            )
-        combined[name] = EnsembleScorer(name, {member: (loaded[member], w) for member, w in weights.items()})
+    combined: dict[str, Scorer] = {
+        name: EnsembleScorer(name, {member: (loaded[member], w) for member, w in weights.items()})
+        for name, weights in settings.ensembles.items()
+    }
     scorers = {name: loaded.get(name) or combined[name] for name in settings.scorers}
     scorers.update({name: scorer for name, scorer in combined.items() if name not in scorers})
     return ScorerRegistry(scorers, settings.default_scorer, engines)

@@ -144,7 +144,7 @@ class RobertaScorer(Scorer):
             raise NotReady(detail, self._retry_after_s)
         engine = self._engines.pick(self._not_ready_detail)
         estimate = card.tokenizer.estimate_tokens(texts)
-        self._admit(engine, card, estimate, options.deadline)
+        self._admit(engine, card, estimate, options.deadline, len(texts))
         with self._pending.holding(estimate, options.deadline):
             return await self._score(engine, card, texts, options)
 
@@ -154,13 +154,17 @@ class RobertaScorer(Scorer):
             return nullcontext()  # the scoring path says why it cannot score, once the body is read
         engine = self._engines.pick(self._not_ready_detail)
         estimate = card.tokenizer.estimate_body_tokens(body_bytes, self._max_items)
-        self._admit(engine, card, estimate, deadline)
+        self._admit(engine, card, estimate, deadline, items=None)
         return self._pending.holding(estimate, deadline)
 
-    def _admit(self, engine: EngineClient, card: ClassifierCard, estimate: int, deadline: float) -> None:
+    def _admit(
+        self, engine: EngineClient, card: ClassifierCard, estimate: int, deadline: float, items: int | None
+    ) -> None:
         """Refuse before tokenizing (503) a request that cannot finish before its deadline, given the
         work this front end has already taken on: tokenization and the engine's round trip both
-        depend on it, and the engine checks again with the exact token count."""
+        depend on it, and the engine checks again with the exact token count. `items`: None for a
+        body not read yet, whose refusal reward_requests_total counts but reward_rejected_items
+        cannot (its items are unknown)."""
         tokenizer_rate = card.tokenizer.rate.tokens_per_s
         if tokenizer_rate is None:
             return  # no rate measured yet: no evidence that it cannot finish
@@ -170,6 +174,8 @@ class RobertaScorer(Scorer):
         rate = tokenizer_rate if engine_rate is None else 1 / (1 / engine_rate + 1 / tokenizer_rate)
         why = self._pending.refusal(estimate, _seconds_left(deadline), rate)
         if why is not None:
+            if items is not None:
+                self._metrics.rejected.labels(self.name, "deadline").inc(items)
             raise Overloaded(
                 f"scorer '{self.name}' cannot score this request before its deadline: {why}",
                 self._retry_after_s,
