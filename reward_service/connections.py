@@ -170,6 +170,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     # Between a request's headers and the end of its body: a header the parser reports now is a
     # trailer of a chunked body.
     _in_body = False
+    _trailer_bytes = 0  # trailer bytes on_header counted on this connection
     _body_bytes = 0  # body bytes the parser has delivered on this connection
     _chunks = 0  # chunk headers the parser has read on this connection
     # Bytes of the current request after its headers that were neither body nor allowed framing.
@@ -231,8 +232,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         return False
 
     def data_received(self, data: bytes) -> None:
+        rest: bytes | None = data
+        while rest is not None:
+            rest = self._receive(rest)
+
+    def _receive(self, data: bytes) -> bytes | None:
         if self._refused or self._over_header_limit:
-            return
+            return None
         # A finished request has a cycle; the first one's headers are awaited from connection_made.
         if not self._reading_headers and self._between_requests and self.cycle.response_complete:
             self._await_headers()  # the next request on a kept-alive connection
@@ -241,9 +247,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         in_headers = self._reading_headers or self._between_requests
         in_body = self._in_body
         headers_seen, body_bytes, chunks = self._headers_seen, self._body_bytes, self._chunks
-        self._parse(data)
+        rest = self._parse(data)
+        if rest is not None:
+            return rest  # the outer read's accounting is moot: an upgrade's headers ended in it
         if self.transport.is_closing():
-            return
+            return None
         if in_headers and self._headers_seen == headers_seen:
             # No headers ended in it: the whole chunk was header bytes. Headers that end in a chunk
             # are measured exactly in on_headers_complete, whichever request they belong to.
@@ -257,15 +265,18 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             allowed = CHUNK_FRAMING_ALLOWANCE * (self._chunks - chunks)
             self._framing_bytes = max(0, self._framing_bytes + framing - allowed)
             self._check_framing()
+        return None
 
-    def _parse(self, data: bytes) -> None:
+    def _parse(self, data: bytes) -> bytes | None:
         """uvicorn's parsing of a chunk, with an offer to upgrade to an unknown protocol ignored."""
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            if self._ignored_upgrade is not None:
-                self._parse_after_ignored_upgrade(data[upgrade.args[0] :])
+            if self._over_header_limit:
+                pass  # refused for its headers (431 sent or pending): never upgraded
+            elif self._ignored_upgrade is not None:
+                return self._parse_after_ignored_upgrade(data[upgrade.args[0] :])
             elif self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
@@ -274,16 +285,16 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             message = "Invalid HTTP request received."
             self.logger.warning(message)
             self.send_400_response(message)
+        return None
 
-    def _parse_after_ignored_upgrade(self, rest: bytes) -> None:
+    def _parse_after_ignored_upgrade(self, rest: bytes) -> bytes | None:
         framing, self._ignored_upgrade = self._ignored_upgrade or b"", None
         self.parser = httptools.HttpRequestParser(self)
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's parser
         if framing:
             self._priming = True
             self.parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n")
-        if rest:
-            self.data_received(rest)
+        return rest or None
 
     def _body_framing(self) -> bytes:
         """The header that frames this request's body, for a parser that did not read its headers."""
@@ -298,6 +309,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         # Nothing after a refused request is parsed into one; a priming header block is none.
         if not self._over_header_limit and not self._priming:
+            if self.cycle is not None and self.cycle.response_complete and not self._reading_headers:
+                self._unset_keepalive_if_required()
+                self._await_headers()  # after a drained request, in the read that ended its body
             super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
@@ -310,8 +324,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self._in_body:
             # A trailer: counted, never added to the request's headers (which the app has read,
             # and which a trailer must not change, e.g. the deadline in X-Reward-Timeout-Ms).
-            self._framing_bytes += len(name) + len(value) + 4
-            self._check_framing()
+            self._trailer_bytes += len(name) + len(value) + 4  # exact, and apart from the reads' count
+            if self._trailer_bytes > self.limits.max_header_bytes:
+                self._framing_bytes = self._trailer_bytes
+                self._check_framing()
         elif not self._over_header_limit:
             super().on_header(name, value)
 
@@ -336,7 +352,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self.cycle is not None and self.cycle.scope is self.scope:  # not a websocket's upgrade
             if self.parser.should_upgrade():
                 self._ignored_upgrade = self._body_framing()
-            self._in_body, self._framing_bytes = True, 0
+            self._in_body, self._framing_bytes, self._trailer_bytes = True, 0, 0
             self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
 
     def on_body(self, body: bytes) -> None:
@@ -347,12 +363,18 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self._over_header_limit or self._ignored_upgrade:
             return  # refused; or httptools stopping at an upgrade's headers, before their body
+        answered = self.cycle is not None and self.cycle.response_complete
         self._in_body = False
         self._between_requests = True
         self._header_bytes = 0  # the next request's headers start here
         self._stop_awaiting_body()
         self.draining.pop(self, None)
         super().on_message_complete()
+        if answered and not self.transport.is_closing():  # drained: idle from here, as after an answer
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -407,3 +407,63 @@ def test_an_offer_to_upgrade_to_h2c_is_ignored_and_the_request_served_with_its_b
         f"http://127.0.0.1:{port}/score", content=body, headers={"content-type": "application/json"}
     )
     assert first["scores"] == expected.json()["scores"] and len(first["scores"]) == 2
+
+
+def test_a_connection_whose_early_answered_body_then_arrives_in_full_is_closed_when_idle(
+    service: tuple[int, Path],
+) -> None:
+    """The body read after an early answer ends the request: the connection is then as idle as after
+    any answer, and closes after the keep-alive time (1 s here), with or without the start of
+    the next request's headers in the same read (the header timeout is 3 s here)."""
+    port, _ = service
+    for rest in (b"abcde", b"abcdeGET /healthz HTTP/1.1\r\nHost:"):
+        with connect(port) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
+            sock.settimeout(2)
+            assert sock.recv(1000).startswith(b"HTTP/1.1 200")
+            sock.sendall(rest)
+            started = time.monotonic()
+            sock.settimeout(HEADER_TIMEOUT_S + 3)
+            answer_of(sock)  # until the server closes it
+            assert time.monotonic() - started < HEADER_TIMEOUT_S + 2
+
+
+def test_trailers_under_the_limit_are_taken_however_they_are_split_into_reads(
+    service: tuple[int, Path],
+) -> None:
+    port, _ = service
+    request = chunked_score_request(b"X-Pad: " + b"a" * 4_500 + b"\r\nX-B: c\r\n")
+    trailers_at = request.index(b"X-Pad")
+    for pieces in ([request], [request[:trailers_at], request[trailers_at:-12], request[-12:]]):
+        with connect(port) as sock:
+            for piece in pieces:
+                sock.sendall(piece)
+                time.sleep(0.1)  # a read of its own
+            answer = answer_of(sock)
+        assert statuses_of(answer) == [b"200"], answer[:300]
+
+
+def test_many_pipelined_h2c_offers_are_each_answered(service: tuple[int, Path]) -> None:
+    """Each ignored upgrade hands the rest of the read to a fresh parser: in a loop, not a recursion
+    that 400 of them in one write would take past Python's limit."""
+    port, _ = service
+    offer = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    with connect(port) as sock:
+        sock.sendall(offer * 400 + b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        sock.settimeout(20)
+        answers = answer_of(sock)
+    assert statuses_of(answers) == [b"200"] * 401
+
+
+def test_a_websocket_upgrade_over_the_header_limit_is_refused_not_upgraded(service: tuple[int, Path]) -> None:
+    port, _ = service
+    upgrade = (
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Big: "
+        + b"a" * 12_000
+        + b"\r\n\r\n"
+    )
+    with connect(port) as sock:
+        send_ignoring_a_close(sock, score_request(texts=16) + upgrade)
+        answers = answer_of(sock)
+    assert statuses_of(answers) == [b"200", b"431"], answers[:300]
