@@ -34,6 +34,7 @@ from harness.reference_scoring import DirectScorer
 from harness.service import LONG_TEXT, service_settings
 from reward_service.app import create_app
 from reward_service.engine import per_item_attention
+from reward_service.engine.admission import MovingRate
 from reward_service.engine.core import batch_padding_limit
 from reward_service.engine.model_card import read_model_card
 from reward_service.engine.model_runner import ModelRunner, load_classifier
@@ -807,6 +808,10 @@ def test_before_the_engine_has_answered_once_tokenizing_alone_is_the_rate_refusa
     tiny_roberta: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate = EngineGate(tmp_path / "gate").install(monkeypatch)
+    # The front end's tokenizer measured 100 times slower than it is, so that the refusals below
+    # need only budgets a loaded machine can read their bodies in (a 1 ms budget once was not).
+    observe = MovingRate.observe
+    monkeypatch.setattr(MovingRate, "observe", lambda rate, tokens, s: observe(rate, tokens, 100 * s))
     app = create_app(service_settings(tiny_roberta, retry_after_s=2, max_items_per_request=1024))
     with serving(app) as server, ThreadPoolExecutor(max_workers=1) as pool:
         gate.close()
@@ -820,12 +825,12 @@ def test_before_the_engine_has_answered_once_tokenizing_alone_is_the_rate_refusa
             headers={"X-Reward-Timeout-Ms": "300"},  # 50 ms after the margin
             timeout=60,
         )
-        # A body small enough to be read first, with 1 ms left after the margin: refused by the
+        # A body small enough to be read first, with 100 ms left after the margin: refused by the
         # front end, before tokenizing, and counted with its items and why.
         small = httpx.post(
             server.url + "/score",
             json={"texts": [LONG_TEXT] * 80},
-            headers={"X-Reward-Timeout-Ms": "251"},
+            headers={"X-Reward-Timeout-Ms": "350"},
             timeout=60,
         )
         metrics = httpx.get(server.url + "/metrics").text
