@@ -21,6 +21,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if ! docker info >/dev/null 2>&1; then
+    # A dockerd that died without cleaning up leaves containerd's pid file; when that pid has been
+    # reused by another process, the next dockerd waits for a containerd that is not there and
+    # gives up ("timeout waiting for containerd to start").
+    pid_file=/var/run/docker/containerd/containerd.pid
+    if [ -f "$pid_file" ] && ! grep -qs containerd "/proc/$(cat "$pid_file")/cmdline"; then
+        log "removing the stale $pid_file"
+        rm -f "$pid_file"
+    fi
     log "starting dockerd (log: /tmp/rlaif-dockerd.log)"
     nohup dockerd >/tmp/rlaif-dockerd.log 2>&1 &
     for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
