@@ -170,7 +170,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     # Between a request's headers and the end of its body: a header the parser reports now is a
     # trailer of a chunked body.
     _in_body = False
-    _trailer_bytes = 0  # trailer bytes on_header counted on this connection
+    _trailer_bytes = 0  # the current request's trailers, as parsed (on_header)
     _body_bytes = 0  # body bytes the parser has delivered on this connection
     _chunks = 0  # chunk headers the parser has read on this connection
     # Bytes of the current request after its headers that were neither body nor allowed framing.
@@ -264,7 +264,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             framing = len(data) - (self._body_bytes - body_bytes)
             allowed = CHUNK_FRAMING_ALLOWANCE * (self._chunks - chunks)
             self._framing_bytes = max(0, self._framing_bytes + framing - allowed)
-            self._check_framing()
+            self._check_framing(self._framing_bytes)
         return None
 
     def _parse(self, data: bytes) -> bytes | None:
@@ -325,9 +325,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             # A trailer: counted, never added to the request's headers (which the app has read,
             # and which a trailer must not change, e.g. the deadline in X-Reward-Timeout-Ms).
             self._trailer_bytes += len(name) + len(value) + 4  # exact, and apart from the reads' count
-            if self._trailer_bytes > self.limits.max_header_bytes:
-                self._framing_bytes = self._trailer_bytes
-                self._check_framing()
+            self._check_framing(self._trailer_bytes)
         elif not self._over_header_limit:
             super().on_header(name, value)
 
@@ -397,8 +395,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         else:
             self._refuse_header_size()
 
-    def _check_framing(self) -> None:
-        if self._framing_bytes > self.limits.max_header_bytes:
+    def _check_framing(self, counted: int) -> None:
+        """431 once `counted` bytes of trailers or chunk framing pass the header limit."""
+        if counted > self.limits.max_header_bytes:
             self._end_request(
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
                 "a chunked body's trailers and chunk framing exceed REWARD_MAX_HEADER_BYTES",
