@@ -67,6 +67,13 @@ def healthz_status(port: int) -> bytes:
         return answer_of(sock).split(b"\r\n", 1)[0]
 
 
+def send_ignoring_a_close(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused and closed before all of it was read: the answer is read after
+
+
 def open_idle(port: int, n: int) -> list[socket.socket]:
     return [connect(port) for _ in range(n)]
 
@@ -131,10 +138,7 @@ def test_headers_that_arrive_whole_in_one_write_are_held_to_the_limit(
     request = head + b"a" * (header_bytes - len(head) - 4) + b"\r\n\r\n"
     assert len(request) == header_bytes
     with connect(port) as sock:
-        try:
-            sock.sendall(request + body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused and closed before all of it was read: the answer is read below
+        send_ignoring_a_close(sock, request + body)
         assert answer_of(sock).startswith(b"HTTP/1.1 " + status)
 
 
@@ -148,10 +152,7 @@ def test_blank_lines_before_a_request_or_a_request_before_it_do_not_hide_oversiz
     small = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
     for sent, statuses in ((b"\r\n\r\n" + big, [b"431"]), (small + big, [b"200", b"431"])):
         with connect(port) as sock:
-            try:
-                sock.sendall(sent)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+            send_ignoring_a_close(sock, sent)
             answers = answer_of(sock)
         assert re.findall(rb"HTTP/1\.1 (\d+)", answers) == statuses, answers[:300]
     assert healthz_status(port) == b"HTTP/1.1 200 OK"
@@ -242,13 +243,6 @@ def score_count(port: int, status: str) -> float:
 
 def statuses_of(answers: bytes) -> list[bytes]:
     return re.findall(rb"HTTP/1\.1 (\d+)", answers)
-
-
-def send_ignoring_a_close(sock: socket.socket, data: bytes) -> None:
-    try:
-        sock.sendall(data)
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # refused and closed before all of it was read: the answer is read after
 
 
 def test_nothing_pipelined_after_a_request_refused_for_its_headers_is_run(service: tuple[int, Path]) -> None:
